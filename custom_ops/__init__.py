@@ -1,0 +1,49 @@
+"""custom_ops: autograd primitives with hand-derived derivatives.
+
+Each op comes in two forms: the `torch.autograd.Function` class (`Sigmoid`) and a
+function with its torch twin's signature (`sigmoid(x)` ~ `torch.sigmoid(x)`).
+The op database in `custom_ops.registry` lists them all with their derivatives.
+"""
+
+from .elementwise import Add, Cos, Div, Exp, Log, Maximum, Mul, Pow, Relu, Sigmoid, Sin, Square, Sub, Tanh
+from .function import Op, unbroadcast
+from .functional import (
+    add,
+    binary_cross_entropy_with_logits,
+    cos,
+    cross_entropy,
+    div,
+    exp,
+    linear,
+    log,
+    log_softmax,
+    matmul,
+    maximum,
+    mean,
+    mse_loss,
+    mul,
+    pow,
+    relu,
+    sigmoid,
+    sin,
+    softmax,
+    square,
+    sub,
+    sum,
+    tanh,
+)
+from .linalg import Linear, Matmul
+from .losses import BinaryCrossEntropyWithLogits, CrossEntropy, MSELoss
+from .reductions import LogSoftmax, Mean, Softmax, Sum
+
+FUNCTIONS = (
+    "add", "sub", "mul", "div", "square", "pow", "sin", "cos", "exp", "log", "tanh",
+    "sigmoid", "relu", "maximum", "matmul", "linear", "sum", "mean", "softmax",
+    "log_softmax", "cross_entropy", "binary_cross_entropy_with_logits", "mse_loss",
+)  # fmt: skip
+CLASSES = (
+    "Add", "Sub", "Mul", "Div", "Square", "Pow", "Sin", "Cos", "Exp", "Log", "Tanh",
+    "Sigmoid", "Relu", "Maximum", "Matmul", "Linear", "Sum", "Mean", "Softmax",
+    "LogSoftmax", "CrossEntropy", "BinaryCrossEntropyWithLogits", "MSELoss",
+)  # fmt: skip
+__all__ = [*FUNCTIONS, *CLASSES, "Op", "unbroadcast"]

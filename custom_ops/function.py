@@ -1,0 +1,103 @@
+"""The machinery every op shares: the `Op` base class and the broadcast helper.
+
+An op is a `torch.autograd.Function` in the `setup_context` style (the only style that
+works with torch.func: grad, vmap, jacrev, jvp), with a hand-written `backward` and
+`jvp`. Forward calls torch's own kernel for the value; the derivatives are ours.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+_FUNCTION_PARTS = ("forward", "setup_context", "backward")
+
+
+class Op(torch.autograd.Function):
+    """Base class of every hand-derived op.
+
+    Each subclass defines forward, setup_context, backward and jvp. Subclassing builds,
+    from that same single definition, a twin Function without `jvp`
+    (`cls.without_jvp`): torch 2.13's Dynamo refuses any Function that defines a custom
+    `jvp` ("Unsupported custom jvp"), while forward-mode AD needs one. `Op.call` picks
+    the twin only while torch.compile traces, so the public functions keep both
+    forward-mode AD in eager mode and `fullgraph=True` compilation.
+    """
+
+    # backward and jvp are written with batchable torch ops, so vmap can derive the rule
+    generate_vmap_rule = True
+    without_jvp: type[torch.autograd.Function]
+    call: Callable[..., Any]
+    """Apply the op to positional arguments: the public functions go through here."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parts = {name: cls.__dict__[name] for name in _FUNCTION_PARTS}
+        cls.without_jvp = type(
+            f"{cls.__name__}WithoutJvp",
+            (torch.autograd.Function,),
+            {**parts, "generate_vmap_rule": True, "__doc__": cls.__doc__},
+        )
+        cls.call = staticmethod(_dispatcher(cls, cls.without_jvp))
+
+
+def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autograd.Function]):
+    # A closure, not a classmethod reading cls.without_jvp: Dynamo traces a plain
+    # function with both classes as constants, but not an attribute read off a Function.
+    def call(*args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return compiled.apply(*args)
+        return eager.apply(*args)
+
+    return call
+
+
+def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a gradient over the dimensions that broadcasting expanded, back to `shape`.
+
+    Broadcasting copies an input along new or size-1 dimensions; the adjoint of a copy
+    is a sum, so dL/dinput = Σ over the copies of dL/doutput.
+    """
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
+
+
+def as_operand(value: Tensor | Number, like: Tensor | Number) -> Tensor:
+    """A Python number becomes a 0-d tensor, so ops take `mul(x, 3.0)` as torch does.
+
+    A 0-d tensor promotes types as torch's wrapped Python numbers do (float32 · 0-d
+    stays float32), and lives on the CPU, which torch allows beside tensors of any
+    device. It never requires grad, so backward skips it.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise TypeError(f"expected a Tensor or a number, got {type(value).__name__}")
+    if not isinstance(like, Tensor):
+        raise TypeError("at least one operand must be a Tensor")
+    return torch.tensor(value)
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+
+
+def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
+    """Forward of a loss's reduction: 'none' keeps every element."""
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def reduction_grad(grad: Tensor, shape: torch.Size, reduction: str) -> Tensor:
+    """Backward of `reduce_loss`: dL/dloss_i = g (sum), g / n (mean) or g_i (none)."""
+    if reduction == "none":
+        return grad
+    if reduction == "mean":
+        grad = grad / max(shape.numel(), 1)
+    return grad.expand(shape)

@@ -1,0 +1,146 @@
+"""The public functions: same names, signatures and semantics as their torch twins.
+
+`custom_ops.sigmoid(x)` behaves as `torch.sigmoid(x)`; the difference is that its
+derivative is the hand-written one in `Sigmoid.backward`.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+
+import torch
+from torch import Tensor
+
+from .elementwise import Add, Cos, Div, Exp, Log, Maximum, Mul, Pow, Relu, Sigmoid, Sin, Square, Sub, Tanh
+from .function import as_operand, check_reduction
+from .linalg import Linear, Matmul
+from .losses import BinaryCrossEntropyWithLogits, CrossEntropy, MSELoss, class_dim
+from .reductions import LogSoftmax, Mean, Softmax, Sum, reduced_dims
+
+Operand = Tensor | Number
+Dims = int | tuple[int, ...] | list[int] | None
+
+
+def add(input: Operand, other: Operand, *, alpha: Number = 1) -> Tensor:
+    return Add.call(as_operand(input, other), as_operand(other, input), alpha)
+
+
+def sub(input: Operand, other: Operand, *, alpha: Number = 1) -> Tensor:
+    return Sub.call(as_operand(input, other), as_operand(other, input), alpha)
+
+
+def mul(input: Operand, other: Operand) -> Tensor:
+    return Mul.call(as_operand(input, other), as_operand(other, input))
+
+
+def div(input: Operand, other: Operand) -> Tensor:
+    return Div.call(as_operand(input, other), as_operand(other, input))
+
+
+def maximum(input: Operand, other: Operand) -> Tensor:
+    return Maximum.call(as_operand(input, other), as_operand(other, input))
+
+
+def square(input: Tensor) -> Tensor:
+    return Square.call(input)
+
+
+def pow(input: Tensor, exponent: Number) -> Tensor:
+    if isinstance(exponent, Tensor) or not isinstance(exponent, Number):
+        raise TypeError(f"pow: exponent must be a Python number, got {type(exponent).__name__}")
+    return Pow.call(input, exponent)
+
+
+def sin(input: Tensor) -> Tensor:
+    return Sin.call(input)
+
+
+def cos(input: Tensor) -> Tensor:
+    return Cos.call(input)
+
+
+def exp(input: Tensor) -> Tensor:
+    return Exp.call(input)
+
+
+def log(input: Tensor) -> Tensor:
+    return Log.call(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return Tanh.call(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return Sigmoid.call(input)
+
+
+def relu(input: Tensor) -> Tensor:
+    return Relu.call(input)
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    return Matmul.call(input, other)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    if weight.dim() != 2 or input.dim() == 0 or input.shape[-1] != weight.shape[-1]:
+        raise ValueError(
+            f"linear: input of shape {tuple(input.shape)} does not fit weight of shape "
+            f"{tuple(weight.shape)}: the input's last dim must equal the weight's in_features"
+        )
+    return Linear.call(input, weight, bias)
+
+
+def sum(input: Tensor, dim: Dims = None, keepdim: bool = False) -> Tensor:
+    return Sum.call(input, reduced_dims(input.dim(), dim), keepdim)
+
+
+def mean(input: Tensor, dim: Dims = None, keepdim: bool = False) -> Tensor:
+    return Mean.call(input, reduced_dims(input.dim(), dim), keepdim)
+
+
+def softmax(input: Tensor, dim: int = -1) -> Tensor:
+    return Softmax.call(input, dim)
+
+
+def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
+    return LogSoftmax.call(input, dim)
+
+
+def _values_are_inspectable(t: Tensor) -> bool:
+    """False while torch.compile traces or torch.func wraps t (vmap): a check that reads
+    values would then be a graph break or a data-dependent error."""
+    return not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
+    check_reduction(reduction)
+    if target.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
+        raise TypeError(f"cross_entropy: target must hold class indices (an integer tensor), got {target.dtype}")
+    num_classes = input.shape[class_dim(input)] if input.dim() > 0 else 0
+    expected = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
+    if target.shape != expected:
+        raise ValueError(
+            f"cross_entropy: target of shape {tuple(target.shape)} does not match input of shape "
+            f"{tuple(input.shape)}: expected target shape {tuple(expected)}"
+        )
+    if target.numel() and _values_are_inspectable(target):
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise IndexError(f"cross_entropy: target {bad} is out of bounds for {num_classes} classes (valid: 0 to {num_classes - 1})")
+    return CrossEntropy.call(input, target.long(), reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
+    check_reduction(reduction)
+    if target.shape != input.shape:
+        raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.shape})")
+    return BinaryCrossEntropyWithLogits.call(input, target, reduction)
+
+
+def mse_loss(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
+    check_reduction(reduction)
+    return MSELoss.call(input, target, reduction)
+

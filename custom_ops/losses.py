@@ -1,0 +1,125 @@
+"""Losses, fused with their last step so the gradient is the short closed form.
+
+reduction: 'none' keeps one loss per element, 'sum' adds them, 'mean' divides the sum
+by their number. backward first turns g into a per-element gradient (reduction_grad).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .function import Op, reduce_loss, reduction_grad, unbroadcast
+
+
+def class_dim(logits: torch.Tensor) -> int:
+    """torch's layout: (C,) unbatched, else (N, C, d1, …) with classes on dim 1."""
+    return 0 if logits.dim() == 1 else 1
+
+
+def one_hot(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[c = t] laid out like the logits: 1 at each target's class, 0 elsewhere."""
+    dim = class_dim(like)
+    return torch.zeros_like(like).scatter_(dim, target.unsqueeze(dim), 1)
+
+
+class CrossEntropy(Op):
+    """ℓ = −log softmax(z)[t] = logsumexp(z) − z_t   (per sample; classes along dim 1)
+
+    saves:    z, t (softmax is recomputed in backward: saving it from forward would make
+              it a constant to autograd, and double backward wrong)
+    backward: dL/dz = (softmax(z) − onehot(t)) · g
+    jvp:      ℓ̇ = Σ_c (softmax(z) − onehot(t))_c · ż_c
+    """
+
+    @staticmethod
+    def forward(z, target, reduction):
+        return F.cross_entropy(z, target, reduction=reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, target, ctx.reduction = inputs
+        ctx.save_for_backward(z, target)
+        ctx.save_for_forward(z, target)
+
+    @staticmethod
+    def _dloss_dz(z, target):
+        return torch.softmax(z, class_dim(z)) - one_hot(target, z)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, target = ctx.saved_tensors
+        g = reduction_grad(g, target.shape, ctx.reduction).unsqueeze(class_dim(z))
+        return CrossEntropy._dloss_dz(z, target) * g, None, None
+
+    @staticmethod
+    def jvp(ctx, dz, _, __):
+        z, target = ctx.saved_for_forward
+        dloss = (CrossEntropy._dloss_dz(z, target) * dz).sum(class_dim(z))
+        return reduce_loss(dloss, ctx.reduction)
+
+
+class BinaryCrossEntropyWithLogits(Op):
+    """ℓ = −[y log σ(z) + (1 − y) log(1 − σ(z))] = max(z, 0) − z y + log(1 + e^(−|z|))
+
+    saves:    z, y
+    backward: dL/dz = (σ(z) − y) · g,   dL/dy = −z · g
+    jvp:      ℓ̇ = (σ(z) − y) · ż − z · ẏ
+    Stable at z = ±1e4: the right-hand form never exponentiates a positive number.
+    """
+
+    @staticmethod
+    def forward(z, y, reduction):
+        return F.binary_cross_entropy_with_logits(z, y, reduction=reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, y, ctx.reduction = inputs
+        ctx.save_for_backward(z, y)
+        ctx.save_for_forward(z, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, y = ctx.saved_tensors
+        g = reduction_grad(g, z.shape, ctx.reduction)
+        dz = (torch.sigmoid(z) - y) * g if ctx.needs_input_grad[0] else None
+        dy = -z * g if ctx.needs_input_grad[1] else None
+        return dz, dy, None
+
+    @staticmethod
+    def jvp(ctx, dz, dy, _):
+        z, y = ctx.saved_for_forward
+        return reduce_loss((torch.sigmoid(z) - y) * dz - z * dy, ctx.reduction)
+
+
+class MSELoss(Op):
+    """ℓ = (x − y)²   (x and y broadcast against each other, as torch allows)
+
+    saves:    x, y
+    backward: dL/dx = unbroadcast(2 (x − y) · g),   dL/dy = unbroadcast(−2 (x − y) · g)
+    jvp:      ℓ̇ = 2 (x − y) · (ẋ − ẏ)
+    """
+
+    @staticmethod
+    def forward(x, y, reduction):
+        return F.mse_loss(x, y, reduction=reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, ctx.reduction = inputs
+        ctx.save_for_backward(x, y)
+        ctx.save_for_forward(x, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        diff = x - y
+        d_diff = 2 * diff * reduction_grad(g, diff.shape, ctx.reduction)
+        dx = unbroadcast(d_diff, x.shape) if ctx.needs_input_grad[0] else None
+        dy = unbroadcast(-d_diff, y.shape) if ctx.needs_input_grad[1] else None
+        return dx, dy, None
+
+    @staticmethod
+    def jvp(ctx, dx, dy, _):
+        x, y = ctx.saved_for_forward
+        return reduce_loss(2 * (x - y) * (dx - dy), ctx.reduction)

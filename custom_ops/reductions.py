@@ -1,0 +1,138 @@
+"""Reductions along dims: sum, mean, softmax and log-softmax."""
+
+from __future__ import annotations
+
+import torch
+
+from .function import Op
+
+
+def reduced_dims(ndim: int, dim) -> tuple[int, ...]:
+    """The dims that `dim` names, non-negative and sorted; None or () mean all of them."""
+    if ndim == 0:
+        return ()  # torch accepts dim 0 or -1 on a 0-d tensor, and reduces nothing
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(sorted(d % ndim for d in dims))
+
+
+def expand_reduced(g, shape, dims, keepdim):
+    """Copy g back along the reduced dims: the adjoint of a sum is a broadcast."""
+    if not keepdim and len(shape) > 0:
+        g = g.reshape([1 if d in dims else n for d, n in enumerate(shape)])
+    return g.expand(shape)
+
+
+class Sum(Op):
+    """y = Σ_dims x
+
+    saves:    nothing (only the shape)
+    backward: dL/dx = g copied along the summed dims
+    jvp:      ẏ = Σ_dims ẋ
+    """
+
+    @staticmethod
+    def forward(x, dims, keepdim):
+        return torch.sum(x, dim=dims, keepdim=keepdim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.dims, ctx.keepdim = inputs
+        ctx.shape = x.shape
+
+    @staticmethod
+    def backward(ctx, g):
+        return expand_reduced(g, ctx.shape, ctx.dims, ctx.keepdim), None, None
+
+    @staticmethod
+    def jvp(ctx, dx, _, __):
+        return torch.sum(dx, dim=ctx.dims, keepdim=ctx.keepdim)
+
+
+class Mean(Op):
+    """y = (1/n) Σ_dims x,   n = the number of elements reduced
+
+    saves:    nothing (only the shape)
+    backward: dL/dx = g / n copied along the reduced dims
+    jvp:      ẏ = (1/n) Σ_dims ẋ
+    """
+
+    @staticmethod
+    def forward(x, dims, keepdim):
+        return torch.mean(x, dim=dims, keepdim=keepdim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.dims, ctx.keepdim = inputs
+        ctx.shape = x.shape
+        ctx.n = 1
+        for d in ctx.dims:
+            ctx.n *= x.shape[d]
+
+    @staticmethod
+    def backward(ctx, g):
+        return expand_reduced(g / ctx.n, ctx.shape, ctx.dims, ctx.keepdim), None, None
+
+    @staticmethod
+    def jvp(ctx, dx, _, __):
+        return torch.mean(dx, dim=ctx.dims, keepdim=ctx.keepdim)
+
+
+class Softmax(Op):
+    """y_i = e^(x_i − m) / Σ_j e^(x_j − m)   along dim (m = max x: the shift changes nothing
+    but keeps e^(·) ≤ 1, so logits of 1e4 do not overflow)
+
+    saves:    y (the output)
+    backward: dL/dx = y ⊙ (g − Σ_dim g ⊙ y)        (J = diag(y) − y yᵀ)
+    jvp:      ẏ = y ⊙ (ẋ − Σ_dim ẋ ⊙ y)
+    """
+
+    @staticmethod
+    def forward(x, dim):
+        return torch.softmax(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return y * (g - (g * y).sum(ctx.dim, keepdim=True)), None
+
+    @staticmethod
+    def jvp(ctx, dx, _):
+        (y,) = ctx.saved_for_forward
+        return y * (dx - (dx * y).sum(ctx.dim, keepdim=True))
+
+
+class LogSoftmax(Op):
+    """y_i = x_i − m − log Σ_j e^(x_j − m)   along dim (m = max x, for stability)
+
+    saves:    y (the output; softmax is e^y)
+    backward: dL/dx = g − e^y ⊙ Σ_dim g
+    jvp:      ẏ = ẋ − Σ_dim e^y ⊙ ẋ
+    """
+
+    @staticmethod
+    def forward(x, dim):
+        return torch.log_softmax(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
+
+    @staticmethod
+    def jvp(ctx, dx, _):
+        (y,) = ctx.saved_for_forward
+        return dx - (torch.exp(y) * dx).sum(ctx.dim, keepdim=True)

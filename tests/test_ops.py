@@ -1,0 +1,180 @@
+"""The op database, walked: every op against every check of the battery."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+import custom_ops
+from custom_ops import testing as T
+from custom_ops.registry import OP_DB
+
+CASES = [pytest.param(info, s, id=f"{info.name}-{i}") for info in OP_DB for i, s in enumerate(info.sample_inputs())]
+EXTREMES = [
+    pytest.param(info, s, id=f"{info.name}-{i}")
+    for info in OP_DB
+    if info.extreme_inputs
+    for i, s in enumerate(info.extreme_inputs())
+]
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_gradcheck(info, sample, device):
+    T.check_gradcheck(info.op, sample.converted(device=device))
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_gradgradcheck(info, sample, device):
+    T.check_gradgradcheck(info.op, sample.converted(device=device))
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_forward_ad(info, sample, device):
+    T.check_forward_ad(info.op, sample.converted(device=device))
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_batched_grad(info, sample):
+    T.check_batched_grad(info.op, sample)
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_jvp_matches_twin(info, sample):
+    T.check_jvp_matches_reference(info.op, info.reference, sample)
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_jacrev_matches_twin(info, sample):
+    if any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in sample.args):
+        pytest.skip("torch's own vmap decompositions divide by zero on empty inputs")
+    T.check_jacrev_matches_reference(info.op, info.reference, sample)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("info, sample", CASES)
+def test_matches_twin(info, sample, dtype, device):
+    T.check_matches_reference(info.op, info.reference, sample.converted(device=device), dtype)
+
+
+@pytest.mark.parametrize("info, sample", EXTREMES)
+def test_extremes_finite_and_match_twin(info, sample):
+    T.check_finite(info.op, sample)
+    T.check_matches_reference(info.op, info.reference, sample, torch.float32)
+
+
+# ---------------------------------------------------------------- saved state and skipped work
+
+
+def saved_tensors(fn, sample):
+    """Every tensor that autograd saves for backward while fn runs on the sample."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        s = sample.converted(requires_grad=True)
+        y = fn(*s.args, **s.kwargs)
+    return y, saved
+
+
+def unique_bytes(tensors):
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}
+    return sum(nbytes for _, nbytes in storages)
+
+
+@pytest.mark.parametrize("info", [i for i in OP_DB if i.saves_output_only], ids=lambda i: i.name)
+def test_saves_only_its_output(info):
+    sample = next(s for s in info.sample_inputs() if s.args[0].dim() == 2)
+    y, saved = saved_tensors(info.op, sample)
+    assert len(saved) == 1 and saved[0] is y, f"{info.name} saves {[tuple(t.shape) for t in saved]}, not just y"
+
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_saves_no_more_than_twin(info, sample):
+    _, ours = saved_tensors(info.op, sample)
+    _, theirs = saved_tensors(info.reference, sample)
+    # a Python number operand becomes a 0-d tensor (≤ 8 bytes) where torch keeps a C++ Scalar
+    number_operands = info.name in ("add", "sub", "mul", "div") and sum(not isinstance(a, torch.Tensor) for a in sample.args)
+    allowance = 8 * number_operands
+    assert unique_bytes(ours) <= unique_bytes(theirs) + allowance, (
+        f"{info.name} saves {unique_bytes(ours)} bytes, torch {unique_bytes(theirs)}"
+    )
+
+
+@pytest.mark.parametrize("info, sample", [c for c in CASES if len(c.values[1].differentiable()) > 1])
+def test_computes_only_needed_gradients(info, sample):
+    """With one input requiring grad, backward returns None for every other input."""
+    backward = info.function.backward
+    for wanted in sample.differentiable():
+        returned = []
+        with mock.patch.object(info.function, "backward", staticmethod(lambda ctx, *g: returned.append(backward(ctx, *g)) or returned[-1])):
+            s = sample.converted()
+            s.args[wanted].requires_grad_(True)
+            y = info.op(*s.args, **s.kwargs)
+            y.backward(torch.ones_like(y))
+        (grads,) = returned
+        for i, d in enumerate(grads):
+            assert i == wanted or d is None, f"{info.name}: gradient of input {i} computed though only {wanted} needs one"
+        assert grads[wanted] is not None
+
+
+def test_maximum_at_ties_splits_the_gradient_like_torch():
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    b = torch.tensor([1.0, 1.0, 4.0], requires_grad=True)
+    custom_ops.maximum(a, b).sum().backward()
+    assert a.grad.tolist() == [0.5, 1.0, 0.0] and b.grad.tolist() == [0.5, 0.0, 1.0]
+    T.check_matches_reference(custom_ops.maximum, torch.maximum, T.Sample((a, b)))
+
+
+def test_relu_subgradient_at_zero_is_zero():
+    x = torch.zeros(3, requires_grad=True)
+    custom_ops.relu(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_number_operands_follow_torch_type_promotion():
+    for x in (torch.ones(2, dtype=torch.float32), torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.int64)):
+        for number in (2, 2.5):
+            for name in ("add", "sub", "mul", "div", "maximum"):
+                ours, theirs = getattr(custom_ops, name)(x, number), getattr(torch, name)(x, torch.tensor(number))
+                assert ours.dtype == getattr(torch, name)(x, number).dtype if name != "maximum" else theirs.dtype
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_linear_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(2, 5\)"):
+        custom_ops.linear(torch.randn(3, 4), torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("bad", [4, -1])
+def test_cross_entropy_out_of_range_target(bad):
+    with pytest.raises(IndexError, match=f"target {bad} is out of bounds for 4 classes"):
+        custom_ops.cross_entropy(torch.randn(3, 4), torch.tensor([0, bad, 1]))
+
+
+def test_cross_entropy_refuses_float_targets_and_bad_reduction():
+    with pytest.raises(TypeError, match="class indices"):
+        custom_ops.cross_entropy(torch.randn(3, 4), torch.rand(3, 4))
+    with pytest.raises(ValueError, match="reduction"):
+        custom_ops.mse_loss(torch.randn(3), torch.randn(3), reduction="avg")
+
+
+# ---------------------------------------------------------------- the database is complete
+
+
+def test_every_public_op_has_a_database_entry():
+    in_db = {info.name for info in OP_DB}
+    assert set(custom_ops.FUNCTIONS) == in_db, f"missing from OP_DB: {set(custom_ops.FUNCTIONS) - in_db}"
+    classes = {info.function.__name__ for info in OP_DB}
+    assert set(custom_ops.CLASSES) == classes
+    for info in OP_DB:
+        assert info.op is getattr(custom_ops, info.name)
+        assert info.function.__doc__ and "backward:" in info.function.__doc__ and "jvp:" in info.function.__doc__
+        assert "jvp" in vars(info.function), f"{info.name} has no jvp"
+
+
+def test_every_op_function_is_public():
+    """No Function subclass hides in the package without being exported (and so tested)."""
+    defined = {cls.__name__ for cls in custom_ops.Op.__subclasses__()}
+    assert defined == set(custom_ops.CLASSES)
