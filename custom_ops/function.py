@@ -8,7 +8,8 @@ works with torch.func: grad, vmap, jacrev, jvp), with a hand-written `backward` 
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -44,13 +45,31 @@ class Op(torch.autograd.Function):
         cls.call = staticmethod(_dispatcher(cls, cls.without_jvp))
 
 
+OpObserver = Callable[[type, tuple, Any], None]
+_observers: list[OpObserver] = []
+
+
+@contextmanager
+def observe_ops(observer: OpObserver) -> Iterator[None]:
+    """Call observer(op_class, args, output) after every op applied in this block
+    (custom_ops.explain records the computation graph node by node this way)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
 def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autograd.Function]):
     # A closure, not a classmethod reading cls.without_jvp: Dynamo traces a plain
     # function with both classes as constants, but not an attribute read off a Function.
     def call(*args: Any) -> Any:
         if torch.compiler.is_compiling():
             return compiled.apply(*args)
-        return eager.apply(*args)
+        output = eager.apply(*args)
+        for observer in _observers:
+            observer(eager, args, output)
+        return output
 
     return call
 

@@ -20,7 +20,8 @@ def class_dim(logits: torch.Tensor) -> int:
 def one_hot(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[c = t] laid out like the logits: 1 at each target's class, 0 elsewhere."""
     dim = class_dim(like)
-    return torch.zeros_like(like).scatter_(dim, target.unsqueeze(dim), 1)
+    classes = torch.arange(like.shape[dim], device=like.device).view(-1, *[1] * (like.dim() - dim - 1))
+    return (target.unsqueeze(dim) == classes).to(like.dtype)  # a comparison batches under vmap; scatter_ does not
 
 
 class CrossEntropy(Op):

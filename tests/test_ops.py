@@ -178,3 +178,14 @@ def test_every_op_function_is_public():
     """No Function subclass hides in the package without being exported (and so tested)."""
     defined = {cls.__name__ for cls in custom_ops.Op.__subclasses__()}
     assert defined == set(custom_ops.CLASSES)
+
+
+def test_readme_table_lists_every_op_with_its_derivative():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for info in OP_DB:
+        row = next((r for r in rows if r.startswith(f"| `{info.name}(")), None)
+        assert row is not None, f"README's op table has no row for {info.name}"
+        assert info.derivative in row and f"`{info.function.__name__}`" in row, f"README row for {info.name} is stale"
