@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .function import Op, unbroadcast
+from .function import Op, may_fuse, unbroadcast
+
+_ONE = torch.tensor(1.0)  # a CPU scalar: broadcasts into addcmul on any device and dtype
 
 # ---------------------------------------------------------------- binary, broadcasting
 
@@ -35,7 +37,7 @@ class Add(Op):
     def backward(ctx, g):
         a_shape, b_shape = ctx.shapes
         da = unbroadcast(g, a_shape) if ctx.needs_input_grad[0] else None
-        db = unbroadcast(g * ctx.alpha, b_shape) if ctx.needs_input_grad[1] else None
+        db = unbroadcast(g if ctx.alpha == 1 else g * ctx.alpha, b_shape) if ctx.needs_input_grad[1] else None
         return da, db, None
 
     @staticmethod
@@ -64,7 +66,7 @@ class Sub(Op):
     def backward(ctx, g):
         a_shape, b_shape = ctx.shapes
         da = unbroadcast(g, a_shape) if ctx.needs_input_grad[0] else None
-        db = unbroadcast(g * -ctx.alpha, b_shape) if ctx.needs_input_grad[1] else None
+        db = unbroadcast(-g if ctx.alpha == 1 else g * -ctx.alpha, b_shape) if ctx.needs_input_grad[1] else None
         return da, db, None
 
     @staticmethod
@@ -262,6 +264,8 @@ class Sin(Op):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        if may_fuse(g):
+            return torch.cos(x).mul_(g)
         return g * torch.cos(x)
 
     @staticmethod
@@ -290,6 +294,8 @@ class Cos(Op):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        if may_fuse(g):
+            return torch.sin(x).mul_(g).neg_()
         return -g * torch.sin(x)
 
     @staticmethod
@@ -374,6 +380,8 @@ class Tanh(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        if may_fuse(g):
+            return torch.addcmul(_ONE, y, y, value=-1).mul_(g)  # (1 − y·y) · g, one temporary
         return g * (1 - y * y)
 
     @staticmethod
@@ -404,6 +412,8 @@ class Sigmoid(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        if may_fuse(g):
+            return torch.addcmul(y, y, y, value=-1).mul_(g)  # (y − y·y) · g, one temporary
         return g * y * (1 - y)
 
     @staticmethod
@@ -432,9 +442,12 @@ class Relu(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return torch.where(y > 0, g, 0)
+        # for y ≥ 0, sign(y) is exactly [y > 0] (0 at y = 0), as a float: one temporary
+        if may_fuse(g):
+            return torch.sign(y).mul_(g)
+        return g * torch.sign(y)
 
     @staticmethod
     def jvp(ctx, dx):
         (y,) = ctx.saved_for_forward
-        return torch.where(y > 0, dx, 0)
+        return dx * torch.sign(y)

@@ -6,7 +6,9 @@ derivative is the hand-written one in `Sigmoid.backward`.
 
 from __future__ import annotations
 
+import re
 from numbers import Number
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -125,12 +127,23 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> 
             f"cross_entropy: target of shape {tuple(target.shape)} does not match input of shape "
             f"{tuple(input.shape)}: expected target shape {tuple(expected)}"
         )
-    if target.numel() and _values_are_inspectable(target):
-        low, high = int(target.min()), int(target.max())
+    if target.device.type != "cpu" and target.numel() and _values_are_inspectable(target):
+        # off the CPU an out-of-range target is a device-side assert that poisons the
+        # CUDA context, so check first (one sync); on the CPU torch's kernel checks
+        low, high = torch.aminmax(target)
         if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise IndexError(f"cross_entropy: target {bad} is out of bounds for {num_classes} classes (valid: 0 to {num_classes - 1})")
-    return CrossEntropy.call(input, target.long(), reduction)
+            _raise_out_of_bounds(int(low if low < 0 else high), num_classes)
+    try:
+        return CrossEntropy.call(input, target.long(), reduction)
+    except IndexError as error:  # torch's "Target 7 is out of bounds."
+        bad = int(next(iter(re.findall(r"-?\d+", str(error))), -1))
+        _raise_out_of_bounds(bad, num_classes)
+
+
+def _raise_out_of_bounds(bad: int, num_classes: int) -> NoReturn:
+    raise IndexError(
+        f"cross_entropy: target {bad} is out of bounds for {num_classes} classes (valid: 0 to {num_classes - 1})"
+    ) from None
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .function import Op, reduce_loss, reduction_grad, unbroadcast
+from .function import Op, may_fuse, reduce_loss, reduction_grad, unbroadcast
+
+
+_IGNORE_NOTHING = torch.iinfo(torch.int64).min
 
 
 def class_dim(logits: torch.Tensor) -> int:
@@ -35,7 +38,9 @@ class CrossEntropy(Op):
 
     @staticmethod
     def forward(z, target, reduction):
-        return F.cross_entropy(z, target, reduction=reduction)
+        # every target counts here: torch would silently skip targets equal to its
+        # default ignore_index (−100), which our backward does not
+        return F.cross_entropy(z, target, reduction=reduction, ignore_index=_IGNORE_NOTHING)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -50,7 +55,12 @@ class CrossEntropy(Op):
     @staticmethod
     def backward(ctx, g):
         z, target = ctx.saved_tensors
-        g = reduction_grad(g, target.shape, ctx.reduction).unsqueeze(class_dim(z))
+        dim = class_dim(z)
+        g = reduction_grad(g, target.shape, ctx.reduction).unsqueeze(dim)
+        if may_fuse(g):  # softmax, then −1 at each target, then · g: all in one fresh tensor
+            p = torch.softmax(z, dim)
+            index = target.unsqueeze(dim)
+            return p.scatter_add_(dim, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device)).mul_(g), None, None
         return CrossEntropy._dloss_dz(z, target) * g, None, None
 
     @staticmethod
@@ -83,8 +93,11 @@ class BinaryCrossEntropyWithLogits(Op):
     def backward(ctx, g):
         z, y = ctx.saved_tensors
         g = reduction_grad(g, z.shape, ctx.reduction)
-        dz = (torch.sigmoid(z) - y) * g if ctx.needs_input_grad[0] else None
-        dy = -z * g if ctx.needs_input_grad[1] else None
+        dz = dy = None
+        if ctx.needs_input_grad[0]:
+            dz = torch.sigmoid(z).sub_(y).mul_(g) if may_fuse(g) else (torch.sigmoid(z) - y) * g
+        if ctx.needs_input_grad[1]:
+            dy = -z * g
         return dz, dy, None
 
     @staticmethod
@@ -115,7 +128,8 @@ class MSELoss(Op):
     def backward(ctx, g):
         x, y = ctx.saved_tensors
         diff = x - y
-        d_diff = 2 * diff * reduction_grad(g, diff.shape, ctx.reduction)
+        g = reduction_grad(g, diff.shape, ctx.reduction)
+        d_diff = diff.mul_(g).mul_(2) if may_fuse(g) else 2 * diff * g
         dx = unbroadcast(d_diff, x.shape) if ctx.needs_input_grad[0] else None
         dy = unbroadcast(-d_diff, y.shape) if ctx.needs_input_grad[1] else None
         return dx, dy, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .function import Op
+from .function import Op, may_fuse
 
 
 def reduced_dims(ndim: int, dim) -> tuple[int, ...]:
@@ -101,6 +101,9 @@ class Softmax(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        if may_fuse(g):  # g⊙y − y⊙Σ(g⊙y), in place on the fresh g⊙y
+            gy = g * y
+            return gy.addcmul_(y, gy.sum(ctx.dim, keepdim=True), value=-1), None
         return y * (g - (g * y).sum(ctx.dim, keepdim=True)), None
 
     @staticmethod
@@ -130,6 +133,8 @@ class LogSoftmax(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        if may_fuse(g):  # −eʸ ⊙ Σg, then + g, in place on the fresh eʸ
+            return torch.exp(y).mul_(-g.sum(ctx.dim, keepdim=True)).add_(g), None
         return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
 
     @staticmethod

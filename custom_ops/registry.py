@@ -112,11 +112,11 @@ def reduction_samples():
 
 
 def softmax_samples():
-    yield Sample((make(3, 5),))
+    yield Sample((make(3, 5), -1))
     yield Sample((make(2, 3, 4), 1))
     yield Sample((make(4), 0))
     yield Sample((make(), 0))
-    yield Sample((make(0, 5),))
+    yield Sample((make(0, 5), -1))
 
 
 def softmax_extremes():
