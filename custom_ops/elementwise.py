@@ -24,6 +24,8 @@ class Add(Op):
     jvp:      ẏ = ȧ + α·ḃ
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(a, b, alpha):
         return torch.add(a, b, alpha=alpha)
@@ -53,6 +55,8 @@ class Sub(Op):
     jvp:      ẏ = ȧ − α·ḃ
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(a, b, alpha):
         return torch.sub(a, b, alpha=alpha)
@@ -81,6 +85,8 @@ class Mul(Op):
     backward: dL/da = unbroadcast(g · b),  dL/db = unbroadcast(g · a)
     jvp:      ẏ = ȧ · b + a · ḃ
     """
+
+    autocast = "as_is"
 
     @staticmethod
     def forward(a, b):
@@ -116,6 +122,8 @@ class Div(Op):
     jvp:      ẏ = ȧ / b − a · ḃ / b²
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(a, b):
         return torch.div(a, b)
@@ -149,6 +157,8 @@ class Maximum(Op):
               g evenly (½ to each, as torch does), so the two parts still sum to g.
     jvp:      ẏ = ȧ · w + ḃ · (1 − w),  w = [a > b] + ½[a = b]
     """
+
+    autocast = "as_is"
 
     @staticmethod
     def forward(a, b):
@@ -190,6 +200,8 @@ class Square(Op):
     jvp:      ẏ = 2x · ẋ
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(x):
         return torch.square(x)
@@ -217,6 +229,8 @@ class Pow(Op):
     backward: dL/dx = g · p · x^(p−1)   (0 when p = 0: y is the constant 1)
     jvp:      ẏ = p · x^(p−1) · ẋ
     """
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, p):
@@ -252,6 +266,8 @@ class Sin(Op):
     jvp:      ẏ = cos x · ẋ
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(x):
         return torch.sin(x)
@@ -281,6 +297,8 @@ class Cos(Op):
     backward: dL/dx = −g · sin x
     jvp:      ẏ = −sin x · ẋ
     """
+
+    autocast = "as_is"
 
     @staticmethod
     def forward(x):
@@ -312,6 +330,8 @@ class Exp(Op):
     jvp:      ẏ = y · ẋ
     """
 
+    autocast = "float32"
+
     @staticmethod
     def forward(x):
         return torch.exp(x)
@@ -340,6 +360,8 @@ class Log(Op):
     jvp:      ẏ = ẋ / x
     """
 
+    autocast = "float32"
+
     @staticmethod
     def forward(x):
         return torch.log(x)
@@ -367,6 +389,8 @@ class Tanh(Op):
     backward: dL/dx = g · (1 − y²)
     jvp:      ẏ = (1 − y²) · ẋ
     """
+
+    autocast = "as_is"
 
     @staticmethod
     def forward(x):
@@ -400,6 +424,8 @@ class Sigmoid(Op):
     when y saturates at 0 or 1.
     """
 
+    autocast = "as_is"
+
     @staticmethod
     def forward(x):
         return torch.sigmoid(x)
@@ -429,6 +455,8 @@ class Relu(Op):
     backward: dL/dx = g · [y > 0]   (at x = 0 we take the subgradient 0, as torch does)
     jvp:      ẏ = [y > 0] · ẋ
     """
+
+    autocast = "as_is"
 
     @staticmethod
     def forward(x):

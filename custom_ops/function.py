@@ -31,19 +31,42 @@ class Op(torch.autograd.Function):
 
     # backward and jvp are written with batchable torch ops, so vmap can derive the rule
     generate_vmap_rule = True
+    autocast: str
+    """Policy under torch.autocast, which each op states: 'lower' (cast float inputs to
+    the autocast dtype: the matrix products), 'float32' (cast them to float32: exp, log,
+    pow, reductions, softmax and the losses, whose precision matters) or 'as_is' (run in
+    the inputs' dtype, promoting as torch does). The cast happens before the Function
+    runs, so forward, what it saves and backward all see one dtype."""
     without_jvp: type[torch.autograd.Function]
     call: Callable[..., Any]
     """Apply the op to positional arguments: the public functions go through here."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("autocast") not in AUTOCAST_POLICIES:
+            raise TypeError(f"{cls.__name__} must state its autocast policy: one of {AUTOCAST_POLICIES}")
         parts = {name: cls.__dict__[name] for name in _FUNCTION_PARTS}
         cls.without_jvp = type(
             f"{cls.__name__}WithoutJvp",
             (torch.autograd.Function,),
             {**parts, "generate_vmap_rule": True, "__doc__": cls.__doc__},
         )
-        cls.call = staticmethod(_dispatcher(cls, cls.without_jvp))
+        cls.call = staticmethod(_dispatcher(cls, cls.without_jvp, cls.autocast))
+
+
+AUTOCAST_POLICIES = ("lower", "float32", "as_is")
+
+
+def autocast_inputs(policy: str, args: tuple) -> tuple:
+    """The op's float tensor inputs cast as its autocast policy says (unchanged when
+    autocast is off, as it is in backward: the engine runs backward outside it)."""
+    if policy == "as_is" or not torch._C._is_any_autocast_enabled():
+        return args
+    device = next(a.device.type for a in args if isinstance(a, Tensor))
+    if not torch.is_autocast_enabled(device):
+        return args
+    dtype = torch.get_autocast_dtype(device) if policy == "lower" else torch.float32
+    return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
 OpObserver = Callable[[type, tuple, Any], None]
@@ -61,7 +84,7 @@ def observe_ops(observer: OpObserver) -> Iterator[None]:
         _observers.remove(observer)
 
 
-def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autograd.Function]):
+def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autograd.Function], autocast: str):
     # A closure, not a classmethod reading cls.without_jvp: Dynamo traces a plain
     # function with both classes as constants, but not an attribute read off a Function.
     #
@@ -73,6 +96,7 @@ def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autog
     apply_positional = super(torch.autograd.Function, eager).apply
 
     def call(*args: Any) -> Any:
+        args = autocast_inputs(autocast, args)
         if torch.compiler.is_compiling():
             return compiled.apply(*args)
         if torch._C._are_functorch_transforms_active():

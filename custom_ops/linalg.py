@@ -17,6 +17,8 @@ class Matmul(Op):
     jvp:      ẏ = ȧ @ b + a @ ḃ
     """
 
+    autocast = "lower"
+
     @staticmethod
     def forward(a, b):
         return torch.matmul(a, b)
@@ -56,6 +58,8 @@ class Linear(Op):
     backward: dL/dx = g W,  dL/dW = Σ_batch gᵀ x,  dL/db = Σ_batch g
     jvp:      ẏ = ẋ Wᵀ + x Ẇᵀ + ḃ
     """
+
+    autocast = "lower"
 
     @staticmethod
     def forward(x, weight, bias):

@@ -36,6 +36,8 @@ class CrossEntropy(Op):
     jvp:      ℓ̇ = Σ_c (softmax(z) − onehot(t))_c · ż_c
     """
 
+    autocast = "float32"
+
     @staticmethod
     def forward(z, target, reduction):
         # every target counts here: torch would silently skip targets equal to its
@@ -79,6 +81,8 @@ class BinaryCrossEntropyWithLogits(Op):
     Stable at z = ±1e4: the right-hand form never exponentiates a positive number.
     """
 
+    autocast = "float32"
+
     @staticmethod
     def forward(z, y, reduction):
         return F.binary_cross_entropy_with_logits(z, y, reduction=reduction)
@@ -113,6 +117,8 @@ class MSELoss(Op):
     backward: dL/dx = unbroadcast(2 (x − y) · g),   dL/dy = unbroadcast(−2 (x − y) · g)
     jvp:      ℓ̇ = 2 (x − y) · (ẋ − ẏ)
     """
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, y, reduction):

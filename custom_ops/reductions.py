@@ -32,6 +32,8 @@ class Sum(Op):
     jvp:      ẏ = Σ_dims ẋ
     """
 
+    autocast = "float32"
+
     @staticmethod
     def forward(x, dims, keepdim):
         return torch.sum(x, dim=dims, keepdim=keepdim)
@@ -57,6 +59,8 @@ class Mean(Op):
     backward: dL/dx = g / n copied along the reduced dims
     jvp:      ẏ = (1/n) Σ_dims ẋ
     """
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, dims, keepdim):
@@ -87,6 +91,8 @@ class Softmax(Op):
     backward: dL/dx = y ⊙ (g − Σ_dim g ⊙ y)        (J = diag(y) − y yᵀ)
     jvp:      ẏ = y ⊙ (ẋ − Σ_dim ẋ ⊙ y)
     """
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, dim):
@@ -119,6 +125,8 @@ class LogSoftmax(Op):
     backward: dL/dx = g − e^y ⊙ Σ_dim g
     jvp:      ẏ = ẋ − Σ_dim e^y ⊙ ẋ
     """
+
+    autocast = "float32"
 
     @staticmethod
     def forward(x, dim):
