@@ -1,0 +1,131 @@
+"""Classifiers built from models.layers: logistic regression and the multilayer perceptron.
+
+Every classifier maps features (N, in_features) to logits and owns its loss, so the
+training loop is the same for all of them:
+
+    logits = model(x); loss = model.loss(logits, y); predicted = model.predict(logits)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+import custom_ops
+
+from .layers import Linear, make_activation
+
+INITS = ("random", "zero")
+
+
+class Classifier(nn.Module):
+    """Base class: subclasses build `self.layers` (an nn.Sequential) and set num_classes."""
+
+    num_classes: int
+    layers: nn.Sequential
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+    def loss(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy of the logits against class indices `target`."""
+        return custom_ops.cross_entropy(logits, target, reduction=reduction)
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """The class index each row of logits scores highest."""
+        return logits.argmax(dim=-1)
+
+    def initialize(self, init: str) -> None:
+        """'random': nn.Linear's initialization (the constructor's); 'zero': every weight
+        and bias 0, which in an MLP leaves all hidden units of a layer identical forever
+        (the lecture's symmetry argument)."""
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+        for layer in self.modules():
+            if isinstance(layer, Linear):
+                layer.reset_parameters() if init == "random" else layer.zero_parameters()
+
+
+class LogisticRegression(Classifier):
+    """Linear model. Two classes: one logit z, p(y=1) = σ(z), binary cross-entropy
+    with logits. More classes: one logit per class, softmax cross-entropy."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.binary = num_classes == 2
+        self.layers = nn.Sequential(Linear(in_features, 1 if self.binary else num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.layers(x)
+        # binary: (N, 1) -> (N,), one logit per sample, as BCE-with-logits expects
+        return logits.reshape(logits.shape[:-1]) if self.binary else logits
+
+    def loss(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        if self.binary:
+            return custom_ops.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction=reduction)
+        return super().loss(logits, target, reduction)
+
+    def predict(self, logits: Tensor) -> Tensor:
+        # σ(z) > 1/2 exactly when z > 0
+        return (logits > 0).long() if self.binary else super().predict(logits)
+
+
+class MLP(Classifier):
+    """Linear → activation → … → Linear → softmax cross-entropy, any number of hidden
+    layers: the lecture's comp graph a = αx, z = σ(a), b = βz, ŷ = softmax(b),
+    J = −log ŷ_y, repeated once per hidden layer."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: Sequence[int],
+        num_classes: int,
+        activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        if any(size < 1 for size in hidden_sizes):
+            raise ValueError(f"hidden layer sizes must be positive, got {list(hidden_sizes)}")
+        self.in_features = in_features
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.num_classes = num_classes
+        self.activation = activation
+        sizes = [in_features, *hidden_sizes]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+            layers += [Linear(fan_in, fan_out), make_activation(activation)]
+        layers.append(Linear(sizes[-1], num_classes))
+        self.layers = nn.Sequential(*layers)
+
+
+def build_classifier(
+    model: str,
+    in_features: int,
+    num_classes: int,
+    hidden_sizes: Sequence[int] = (),
+    activation: str = "sigmoid",
+    init: str = "random",
+) -> Classifier:
+    """The classifier named `model` ('lr' or 'mlp'), initialized with `init`."""
+    if model == "lr":
+        classifier: Classifier = LogisticRegression(in_features, num_classes)
+    elif model == "mlp":
+        classifier = MLP(in_features, hidden_sizes, num_classes, activation)
+    else:
+        raise ValueError(f"unknown model {model!r}: choose 'lr' or 'mlp'")
+    if init != "random":  # the constructor already drew the random initialization
+        classifier.initialize(init)
+    return classifier
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["Classifier", "LogisticRegression", "MLP", "build_classifier", "count_parameters", "INITS"]

@@ -1,0 +1,520 @@
+"""Train a classifier whose forward and backward passes are custom_ops' hand-derived ops.
+
+    python train.py                                      # an MLP on digits, a few seconds on 2 CPU cores
+    python train.py --model lr --dataset breast_cancer   # logistic regression
+    python train.py --resume runs/NAME/last.pt --epochs 50
+    tensorboard --logdir runs
+
+Reads top to bottom: config, data, model and optimizer, then the loop: an epoch of
+mini-batch steps, evaluation, logging, checkpoints. Everything a run writes goes to
+runs/<run-name>/ (see docs/README-training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from models import ACTIVATIONS, INITS, build_classifier, count_parameters
+from training import (
+    BUILTIN_DATASETS,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    ActivationMonitor,
+    RunLogger,
+    UserError,
+    check_run_name,
+    create_run_dir,
+    evaluate,
+    layer_grad_norms,
+    linear_layers,
+    load_checkpoint,
+    load_dataset,
+    load_model_state,
+    resolve_device,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    split_and_standardize,
+    write_json,
+)
+from training.checkpoint import atomic_write
+from training.runs import default_run_name
+from training.runtime import DEVICE_PATTERN
+
+DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
+# the run's hyperparameters: shown in TensorBoard's HParams tab, fixed for a resumed run
+HPARAMS = ("model", "hidden", "activation", "dataset", "val_fraction", "optimizer", "lr", "batch_size", "epochs",
+           "seed", "init")  # fmt: skip
+# what a resumed run may change (given: the flag's value, else the checkpoint's); every
+# other flag must match the checkpoint's. --quiet and --threads are never taken from it.
+RESUME_MAY_CHANGE = ("epochs", "device", "metrics_format", "data_dir")
+PER_INVOCATION = ("threads", "quiet")
+CONFIG_KEYS = (*HPARAMS, "data_dir", "device", "threads", "logdir", "run_name", "metrics_format", "quiet")
+
+
+# ------------------------------------------------------------------------------ config
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # one line, through main's UserError path, instead of argparse's usage block
+        raise UserError(f"{message} (see python train.py --help)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def hidden_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(size) for size in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer sizes such as 128 or 256,128, got {text!r}"
+        ) from None
+    if any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="train.py",
+        description="Train a classifier built from custom_ops (hand-derived autograd ops) and log the run "
+        "to TensorBoard.",
+    )
+    parser.add_argument(
+        "--model", choices=("lr", "mlp"), default="mlp", help="logistic regression or MLP (default mlp)"
+    )
+    parser.add_argument(
+        "--hidden", type=hidden_sizes, default=[512], help="MLP hidden sizes, e.g. 512 or 256,128 (default 512)"
+    )
+    parser.add_argument(
+        "--activation", choices=tuple(ACTIVATIONS), default="relu", help="MLP activation (default relu)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help=f"{', '.join(BUILTIN_DATASETS)}, or a CSV file: label first, then features (default digits)",
+    )
+    parser.add_argument("--data-dir", default="data", help="folder with MNIST's IDX files (default data)")
+    parser.add_argument("--val-fraction", type=fraction, default=0.2, help="validation share of the data (default 0.2)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam", help="default adam")
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help=f"learning rate (default {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} for sgd)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="total epochs, also on --resume (default 20)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--seed", type=seed_value, default=0, help="seeds the split, the init and the shuffles (default 0)"
+    )
+    parser.add_argument(
+        "--init",
+        choices=INITS,
+        default="random",
+        help="random: PyTorch's nn.Linear init; zero: all weights 0 (default random)",
+    )
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default torch's)")
+    parser.add_argument("--logdir", default="runs", help="parent folder of run directories (default runs)")
+    parser.add_argument("--run-name", default=None, help="run directory name (default: time and settings)")
+    parser.add_argument(
+        "--resume", default=None, metavar="PATH", help="continue the run of this checkpoint, e.g. runs/NAME/last.pt"
+    )
+    parser.add_argument(
+        "--metrics-format",
+        choices=("10601",),
+        default=None,
+        help="also write metrics_10601.txt in the course homework's format",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The settings given on the command line (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def new_config(args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
+    if args.model == "lr" and explicit & {"hidden", "activation"}:
+        raise UserError("--hidden and --activation apply to --model mlp only")
+    if args.run_name is not None:
+        check_run_name(args.run_name)
+    mlp = args.model == "mlp"
+    return {
+        "model": args.model,
+        "hidden": args.hidden if mlp else [],
+        "activation": args.activation if mlp else "none",
+        "dataset": args.dataset,
+        "val_fraction": args.val_fraction,
+        "optimizer": args.optimizer,
+        "lr": args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "init": args.init,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "threads": args.threads,
+        "logdir": args.logdir,
+        "run_name": args.run_name,
+        "metrics_format": args.metrics_format,
+        "quiet": args.quiet,
+    }
+
+
+def resumed_config(saved: dict[str, Any], args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
+    """The checkpoint's settings, with the few a resumed run may change taken from the flags."""
+    missing = [key for key in CONFIG_KEYS if key not in saved]
+    if missing:
+        raise UserError(f"checkpoint {args.resume} is damaged: its config lacks {', '.join(missing)}")
+    check_saved_config(saved, args.resume)
+    if explicit & {"logdir", "run_name"}:
+        raise UserError(
+            "--logdir and --run-name cannot be combined with --resume: a resumed run continues in the "
+            "checkpoint's own directory"
+        )
+    config = dict(saved)
+    for key in PER_INVOCATION:
+        config[key] = getattr(args, key)
+    for key in sorted(explicit - {"resume", *PER_INVOCATION}):
+        value = getattr(args, key)
+        if key in RESUME_MAY_CHANGE:
+            config[key] = value
+        elif value != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"{flag} {value} differs from the checkpoint's {saved[key]}: a resumed run keeps its "
+                "settings (drop the flag, or start a new run)"
+            )
+    run_dir = Path(args.resume).resolve().parent  # the run continues where its checkpoint is
+    config["logdir"], config["run_name"] = str(run_dir.parent), run_dir.name
+    return config
+
+
+def check_saved_config(saved: dict[str, Any], path: str) -> None:
+    """Put a checkpoint's settings through the same checks as the command line's."""
+    try:
+        argv = [f"--{key.replace('_', '-')}={saved[key]}" for key in
+                ("model", "dataset", "data_dir", "val_fraction", "optimizer", "lr", "batch_size", "epochs", "device",
+                 "seed", "init")]  # fmt: skip
+        if saved["model"] == "mlp":
+            argv += [
+                "--hidden=" + ",".join(str(size) for size in saved["hidden"]),
+                f"--activation={saved['activation']}",
+            ]
+        build_parser().parse_args(argv)
+    except (UserError, TypeError) as error:
+        raise UserError(f"checkpoint {path} is damaged: its config does not hold valid settings ({error})") from None
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shuffle: a function of (seed, epoch) only, so a resumed run
+    draws exactly the batches the uninterrupted run would have."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def is_better(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Higher val accuracy wins; a tie goes to the lower val loss."""
+    if best is None:
+        return True
+    return (metrics["val_accuracy"], -metrics["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+
+
+def metrics_10601(history: list[dict[str, float]], final_errors: tuple[float, float]) -> str:
+    """The course homework's metrics file: cross-entropy per epoch, then the final error rates."""
+    lines = []
+    for entry in history:
+        lines.append(f"epoch={entry['epoch']} crossentropy(train): {entry['train_loss']}")
+        lines.append(f"epoch={entry['epoch']} crossentropy(validation): {entry['val_loss']}")
+    lines.append(f"error(train): {final_errors[0]}")
+    lines.append(f"error(validation): {final_errors[1]}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return train(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def train(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+
+    # -------------------------------------------------------------------- config
+    args = build_parser().parse_args(argv)
+    explicit = explicit_flags(argv)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    config = resumed_config(checkpoint["config"], args, explicit) if checkpoint else new_config(args, explicit)
+    device = resolve_device(config["device"])
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    say = (lambda *_: None) if config["quiet"] else print
+
+    # -------------------------------------------------------------------- data
+    dataset = load_dataset(config["dataset"], config["data_dir"])
+    split = split_and_standardize(dataset, config["val_fraction"], config["seed"])
+    # the whole split lives on the device: batches are index lookups, no loader needed
+    x_train, y_train = torch.from_numpy(split.x_train).to(device), torch.from_numpy(split.y_train).to(device)
+    x_val, y_val = torch.from_numpy(split.x_val).to(device), torch.from_numpy(split.y_val).to(device)
+
+    # -------------------------------------------------------------------- model and optimizer
+    torch.manual_seed(config["seed"])
+    try:
+        model = build_classifier(
+            config["model"],
+            dataset.num_features,
+            dataset.num_classes,
+            config["hidden"],
+            config["activation"],
+            config["init"],
+        )
+    except (ValueError, TypeError) as error:  # only a damaged checkpoint's config gets here
+        raise UserError(f"cannot build the model: {error}") from None
+    model.to(device)
+    optimizer_class = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config["optimizer"]]
+    optimizer = optimizer_class(model.parameters(), lr=config["lr"])
+
+    history: list[dict[str, float]] = []
+    best: dict[str, float] | None = None
+    epochs_done, global_step = 0, 0
+    fingerprint = dataset.fingerprint()
+    if checkpoint:
+        if checkpoint["data"].get("fingerprint") != fingerprint:
+            raise UserError(
+                f"dataset {config['dataset']} is not the data checkpoint {args.resume} was trained on "
+                "(the file changed since): a resumed run must see the same data"
+            )
+        load_model_state(model, checkpoint["model"], args.resume)
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise UserError(f"checkpoint {args.resume} has an optimizer state that does not fit: {error}") from None
+        restore_rng_state(checkpoint["rng"])
+        history, best = list(checkpoint["history"]), checkpoint.get("best")
+        epochs_done, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        if epochs_done >= config["epochs"]:
+            raise UserError(
+                f"checkpoint {args.resume} has trained {epochs_done} epochs already: pass --epochs N with "
+                f"N > {epochs_done} to train further"
+            )
+
+    # -------------------------------------------------------------------- run directory
+    # only now, with every input checked: a mistake above leaves no trace on disk
+    if checkpoint:
+        run_dir = Path(args.resume).parent
+    else:
+        auto_named = config["run_name"] is None
+        run_name = default_run_name(config) if auto_named else config["run_name"]
+        run_dir = create_run_dir(config["logdir"], run_name, auto_named)
+        config["run_name"] = run_dir.name
+    write_json(
+        run_dir / "config.json",
+        {
+            **config,
+            "device_used": str(device),
+            "torch_version": torch.__version__,
+            "resumed_from_epoch": epochs_done if checkpoint else None,
+        },
+    )
+    logger = RunLogger(run_dir, resume_global_step=global_step if checkpoint else None)
+    if not checkpoint:
+        logger.graph(model, x_val[:1])
+    data_info = {
+        "fingerprint": fingerprint,
+        "class_names": dataset.class_names,
+        "num_features": dataset.num_features,
+        "mean": torch.from_numpy(split.mean),
+        "std": torch.from_numpy(split.std),
+    }
+
+    layers = linear_layers(model)
+    monitor = ActivationMonitor(model)
+    batch_size, epochs = config["batch_size"], config["epochs"]
+    steps_per_epoch = math.ceil(len(y_train) / batch_size)
+    show_bar = not config["quiet"] and sys.stderr.isatty()
+    shape = "-".join(str(n) for n in [dataset.num_features, *config["hidden"], dataset.num_classes])
+    say(
+        f"{'resuming' if checkpoint else 'training'} {config['model']} {shape}"
+        f"{' ' + config['activation'] if config['model'] == 'mlp' else ''} ({count_parameters(model):,} parameters) "
+        f"on {config['dataset']}: {len(y_train)} train / {len(y_val)} val samples; device {device}; run {run_dir}"
+    )
+
+    # -------------------------------------------------------------------- training loop
+    try:
+        for epoch in range(epochs_done + 1, epochs + 1):
+            epoch_started = time.perf_counter()
+            model.train()
+            # drawn on the CPU, so the same seed gives the same batches on any device
+            order = torch.randperm(
+                len(y_train), generator=torch.Generator().manual_seed(epoch_seed(config["seed"], epoch))
+            )
+            order = order.to(device)
+            step_losses: list[torch.Tensor] = []
+            grad_norm_sum = torch.zeros(len(layers), device=device)
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="batch",
+                leave=False,
+                disable=not show_bar,
+                dynamic_ncols=True,
+            )
+            seen, correct, loss_sum = 0, 0, 0.0
+            for start in range(0, len(y_train), batch_size):
+                batch = order[start : start + batch_size]
+                x, y = x_train[batch], y_train[batch]
+                logits = model(x)
+                loss = model.loss(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm_sum += layer_grad_norms(layers)
+                optimizer.step()
+                step_losses.append(loss.detach())
+                if show_bar:  # running means for the bar (syncs a GPU, so only when shown)
+                    seen += len(y)
+                    loss_sum += loss.item() * len(y)
+                    correct += int((model.predict(logits.detach()) == y).sum())
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}", refresh=False)
+                    bar.update(1)
+            bar.close()
+            first_step = global_step + 1
+            global_step += len(step_losses)
+
+            # evaluation: the whole training split (recording activation statistics), then validation
+            model.eval()
+            with monitor.recording():
+                train_eval = evaluate(model, x_train, y_train)
+            val_eval = evaluate(model, x_val, y_val)
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_eval.loss,
+                "train_accuracy": train_eval.accuracy,
+                "val_loss": val_eval.loss,
+                "val_accuracy": val_eval.accuracy,
+            }
+            history.append(metrics)
+            improved = is_better(metrics, best)
+            if improved:
+                best = metrics
+
+            # logging
+            logger.step_losses(first_step, torch.stack(step_losses).tolist())
+            mean_grad_norms = (grad_norm_sum / len(step_losses)).tolist()
+            logger.epoch(
+                epoch,
+                metrics,
+                optimizer.param_groups[0]["lr"],
+                model,
+                monitor.summary(),
+                {f"layer{i}": norm for i, norm in enumerate(mean_grad_norms, 1)},
+            )
+            logger.flush()
+
+            # checkpoints and metrics: last.pt every epoch, best.pt when val accuracy improved
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "global_step": global_step,
+                "history": history,
+                "best": best,
+                "rng": rng_state(),
+                "config": config,
+                "data": data_info,
+            }
+            save_checkpoint(run_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
+            write_json(run_dir / "metrics.json", {"history": history, "final": metrics, "best": best})
+            say(
+                f"epoch {epoch:>3}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.2%}"
+                f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.2%}"
+                f"  {time.perf_counter() - epoch_started:.2f}s{'  *best' if improved else ''}"
+            )
+    except KeyboardInterrupt:
+        logger.close()
+        print(f"interrupted; continue with: python train.py --resume {run_dir / 'last.pt'}", file=sys.stderr)
+        return 130
+
+    # -------------------------------------------------------------------- the run's summary
+    final = history[-1]
+    assert best is not None
+    logger.hparams({key: config[key] for key in HPARAMS}, final, best, epochs)
+    logger.close()
+    if config["metrics_format"] == "10601":
+        text = metrics_10601(history, (train_eval.error, val_eval.error))
+        atomic_write(run_dir / "metrics_10601.txt", lambda tmp: tmp.write_text(text))
+    say(
+        f"done in {time.perf_counter() - started:.1f}s: final val accuracy {final['val_accuracy']:.2%}, best "
+        f"{best['val_accuracy']:.2%} at epoch {best['epoch']}; saved in {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
