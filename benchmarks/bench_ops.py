@@ -1,0 +1,99 @@
+"""Every op of the op database against its torch twin: forward, and forward + backward.
+
+Sizes: 64×64 (overhead-bound) and a bandwidth-bound large size (4096×4096 for
+elementwise ops, 256×1024 for the rest), float32. Ratios are custom / native, measured
+side by side in this one process.
+
+    python benchmarks/bench_ops.py [--device cuda] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import compare, header, parser, print_table, setup, write_json  # noqa: E402
+from custom_ops.registry import OP_DB  # noqa: E402
+
+ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "square", "pow", "sin", "cos", "exp", "log", "tanh",
+               "sigmoid", "relu", "mse_loss", "binary_cross_entropy_with_logits"}  # fmt: skip
+
+
+def inputs(name: str, rows: int, cols: int, device: torch.device) -> tuple[tuple, dict]:
+    """Float32 inputs of the op at (rows, cols); the first tensors require grad."""
+    gen = torch.Generator().manual_seed(0)
+
+    def r(*shape, low=-2.0, high=2.0):
+        return (torch.rand(shape, generator=gen) * (high - low) + low).to(device)
+
+    x = r(rows, cols)
+    if name in ("add", "sub", "mul", "maximum", "mse_loss"):
+        return (x, r(rows, cols)), {}
+    if name == "div":
+        return (x, r(rows, cols, low=0.5, high=2.0)), {}
+    if name == "pow":
+        return (r(rows, cols, low=0.5, high=2.0), 2.5), {}
+    if name == "log":
+        return (r(rows, cols, low=0.5, high=2.0),), {}
+    if name == "matmul":
+        return (x, r(cols, cols)), {}
+    if name == "linear":
+        return (x, r(cols, cols), r(cols)), {}
+    if name in ("sum", "mean"):
+        return (x, -1), {}
+    if name == "cross_entropy":
+        return (x, torch.randint(cols, (rows,), generator=gen).to(device)), {}
+    if name == "binary_cross_entropy_with_logits":
+        return (x, r(rows, cols, low=0.0, high=1.0)), {}
+    return (x,), {}
+
+
+def forward_and_backward(fn, args, kwargs):
+    leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    differentiable = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+    grad_out = torch.ones_like(fn(*leaves, **kwargs))
+
+    def run():
+        torch.autograd.grad(fn(*leaves, **kwargs), differentiable, grad_out)
+
+    def forward():
+        fn(*leaves, **kwargs)
+
+    return forward, run
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--ops", default="", help="comma-separated op names (default: every op)")
+    args = p.parse_args()
+    wanted = set(filter(None, args.ops.split(",")))
+    device = setup(args)
+    print(header(args, device))
+    rows, results = [], []
+    for info in OP_DB:
+        if wanted and info.name not in wanted:
+            continue
+        large = (4096, 4096) if info.name in ELEMENTWISE else (256, 1024)
+        for size in ((64, 64), large):
+            a, kw = inputs(info.name, *size, device)
+            fwd_c, both_c = forward_and_backward(info.op, a, kw)
+            fwd_n, both_n = forward_and_backward(info.reference, a, kw)
+            f_c, f_n = compare(fwd_c, fwd_n, device, args.repeats)
+            b_c, b_n = compare(both_c, both_n, device, args.repeats)
+            shape = "x".join(map(str, size))
+            rows.append([info.name, shape, f_c * 1e6, f_n * 1e6, f_c / f_n, b_c * 1e6, b_n * 1e6, b_c / b_n])
+            results.append(dict(op=info.name, size=shape, forward_custom_s=f_c, forward_native_s=f_n,
+                                fwd_bwd_custom_s=b_c, fwd_bwd_native_s=b_n))  # fmt: skip
+            print(f"  {info.name} {shape}: fwd {f_c / f_n:.2f}x  fwd+bwd {b_c / b_n:.2f}x", file=sys.stderr)
+    columns = ["op", "size", "fwd custom µs", "fwd torch µs", "fwd ratio", "fwd+bwd custom µs", "fwd+bwd torch µs",
+               "fwd+bwd ratio"]  # fmt: skip
+    print_table("custom / native, float32", columns, rows)
+    write_json(args.json, {"header": header(args, device), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""One training step (forward, loss, backward, SGD update), custom ops vs native PyTorch.
+
+Models: an MLP 784→1024→1024→10 at batch 256 (ReLU and sigmoid), built from custom_ops
+(`models.MLP`) and the same model written with nn.Linear / torch activations /
+F.cross_entropy, loaded with the same weights. Also the "physical floor": only the
+matrix products the step needs (forward x·Wᵀ, backward gᵀ·x and g·W per layer), back to
+back, and the ratio step / floor. Memory: bytes saved for backward per step (summed per
+save, and each storage once), and peak memory (process RSS on CPU, in a fresh child
+process per variant; torch.cuda.max_memory_allocated on CUDA). With --compile, the same
+steps under torch.compile (custom with fullgraph=True), with compile times.
+
+    python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import compare, header, parser, print_table, setup, synchronize, write_json  # noqa: E402
+from models import MLP  # noqa: E402
+
+NATIVE_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    in_features: int
+    hidden: tuple[int, ...]
+    num_classes: int
+    batch: int
+    activation: str
+
+
+CONFIGS = [
+    Config("mlp 784-1024-1024-10 relu", 784, (1024, 1024), 10, 256, "relu"),
+    Config("mlp 784-1024-1024-10 sigmoid", 784, (1024, 1024), 10, 256, "sigmoid"),
+]
+
+
+def digits_default() -> Config:
+    """train.py's default model and batch size on digits (64 features, 10 classes)."""
+    import train
+
+    defaults = train.build_parser().parse_args([])
+    hidden = tuple(int(h) for h in str(defaults.hidden).split(",") if h)
+    return Config(f"digits default (train.py) 64-{'-'.join(map(str, hidden))}-10 {defaults.activation}", 64, hidden,
+                  10, defaults.batch_size, defaults.activation)  # fmt: skip
+
+
+def build_pair(config: Config, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The custom model and its native twin, with the same weights."""
+    torch.manual_seed(0)
+    custom = MLP(config.in_features, config.hidden, config.num_classes, config.activation).to(device)
+    sizes = [config.in_features, *config.hidden]
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), NATIVE_ACTIVATIONS[config.activation]()]
+    layers.append(nn.Linear(sizes[-1], config.num_classes))
+    native = nn.Sequential(*layers).to(device)
+    native.load_state_dict({k.removeprefix("layers."): v for k, v in custom.state_dict().items()})
+    return custom, native
+
+
+def make_step(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, compile_: bool = False):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def loss_of(x, y):
+        return loss_fn(model(x), y)
+
+    forward = torch.compile(loss_of, fullgraph=True) if compile_ else loss_of
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward(x, y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def custom_loss(model):
+    return model.loss
+
+
+def floor_step(config: Config, device: torch.device):
+    """Only the matrix products of one step: per layer x·Wᵀ forward, gᵀ·x (and g·W
+    except for the first layer, whose input needs no gradient) backward."""
+    sizes = [config.in_features, *config.hidden, config.num_classes]
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        x = torch.randn(config.batch, fan_in, generator=gen).to(device)
+        w = torch.randn(fan_out, fan_in, generator=gen).to(device)
+        g = torch.randn(config.batch, fan_out, generator=gen).to(device)
+        layers.append((x, w, g, i > 0))
+
+    def step():
+        for x, w, _, _ in layers:
+            torch.mm(x, w.t())
+        for x, w, g, needs_dx in reversed(layers):
+            torch.mm(g.t(), x)
+            if needs_dx:
+                torch.mm(g, w)
+
+    return step
+
+
+def saved_bytes(step) -> tuple[int, int]:
+    """Bytes autograd saves for backward in one step: summed per save, and per storage."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        step()
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in saved}
+    return sum(t.untyped_storage().nbytes() for t in saved), sum(n for _, n in storages)
+
+
+def _peak_in_child(config: Config, which: str, device: str, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    custom, native = build_pair(config, dev)
+    x = torch.randn(config.batch, config.in_features, device=dev)
+    y = torch.randint(config.num_classes, (config.batch,), device=dev)
+    model, loss = (custom, custom.loss) if which == "custom" else (native, F.cross_entropy)
+    del custom, native
+    step = make_step(model, loss, x, y)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(5):
+        step()
+    synchronize(dev)
+    peak = (
+        torch.cuda.max_memory_allocated(dev)
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    queue.put(peak)
+
+
+def peak_memory(config: Config, which: str, device: torch.device, threads: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_in_child, args=(config, which, str(device), threads, queue))
+    child.start()
+    peak = queue.get(timeout=600)
+    child.join()
+    return peak
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
+    p.add_argument("--no-digits", action="store_true", help="skip train.py's default digits model")
+    args = p.parse_args()
+    device = setup(args)
+    print(header(args, device))
+    configs = CONFIGS + ([] if args.no_digits else [digits_default()])
+    time_rows, memory_rows, compile_rows, results = [], [], [], []
+    mib = 1 / 2**20
+    for config in configs:
+        custom, native = build_pair(config, device)
+        x = torch.randn(config.batch, config.in_features, device=device)
+        y = torch.randint(config.num_classes, (config.batch,), device=device)
+        custom_step = make_step(custom, custom.loss, x, y)
+        native_step = make_step(native, F.cross_entropy, x, y)
+        t_custom, t_native = compare(custom_step, native_step, device, args.repeats)
+        t_floor, _ = compare(floor_step(config, device), floor_step(config, device), device, args.repeats)
+        time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, t_custom / t_native,
+                          t_floor * 1e3, t_custom / t_floor, t_native / t_floor])  # fmt: skip
+        sum_c, unique_c = saved_bytes(custom_step)
+        sum_n, unique_n = saved_bytes(native_step)
+        peak_c = peak_memory(config, "custom", device, args.threads)
+        peak_n = peak_memory(config, "native", device, args.threads)
+        memory_rows.append([config.name, sum_c * mib, sum_n * mib, unique_c * mib, unique_n * mib, unique_c / unique_n,
+                            peak_c * mib, peak_n * mib, peak_c / peak_n])  # fmt: skip
+        result = dict(config=config.name, batch=config.batch, step_custom_s=t_custom, step_native_s=t_native,
+                      floor_s=t_floor, saved_sum_custom=sum_c, saved_sum_native=sum_n, saved_unique_custom=unique_c,
+                      saved_unique_native=unique_n, peak_custom=peak_c, peak_native=peak_n)  # fmt: skip
+        if args.compile:
+            torch._dynamo.reset()
+            compiled = []
+            for model, loss in ((custom, custom.loss), (native, F.cross_entropy)):
+                step = make_step(model, loss, x, y, compile_=True)
+                t0 = time.perf_counter()
+                step()
+                synchronize(device)
+                compiled.append((step, time.perf_counter() - t0))
+            (c_step, c_compile), (n_step, n_compile) = compiled
+            tc, tn = compare(c_step, n_step, device, args.repeats)
+            compile_rows.append([config.name, c_compile, n_compile, tc * 1e3, tn * 1e3, tc / tn, tc / t_custom])
+            result.update(compiled_custom_s=tc, compiled_native_s=tn, compile_time_custom_s=c_compile,
+                          compile_time_native_s=n_compile)  # fmt: skip
+        results.append(result)
+        print(f"  done: {config.name}", file=sys.stderr)
+    print_table("step time (ms), custom / native and against the GEMM floor",
+                ["model", "batch", "custom", "native", "custom/native", "GEMM floor", "custom/floor", "native/floor"],
+                time_rows)  # fmt: skip
+    print_table("memory (MiB): saved for backward per step, and peak",
+                ["model", "saved sum custom", "saved sum native", "saved unique custom", "saved unique native",
+                 "unique custom/native", "peak custom", "peak native", "peak custom/native"], memory_rows)  # fmt: skip
+    if compile_rows:
+        print_table("torch.compile (custom with fullgraph=True): compile time (s) and step time (ms)",
+                    ["model", "compile custom s", "compile native s", "custom", "native", "custom/native",
+                     "compiled/eager custom"], compile_rows)  # fmt: skip
+    write_json(args.json, {"header": header(args, device), "results": results})
+
+
+if __name__ == "__main__":
+    main()

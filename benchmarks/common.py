@@ -1,0 +1,100 @@
+"""Shared timing helpers: A and B measured side by side, interleaved, medians, ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--repeats", type=int, default=15, help="interleaved A/B rounds; the median is reported")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this path")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return device
+
+
+def header(args: argparse.Namespace, device: torch.device) -> str:
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return (
+        f"torch {torch.__version__} | device {device}{gpu} | threads {torch.get_num_threads()} | "
+        f"{platform.processor() or platform.machine()} | repeats {args.repeats} (median, A/B interleaved)"
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_call(fn: Callable[[], object], device: torch.device, min_seconds: float = 0.02) -> tuple[int, float]:
+    """Calls per round so a round lasts at least min_seconds, after warming up."""
+    for _ in range(3):
+        fn()
+    synchronize(device)
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        synchronize(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds or n >= 1 << 16:
+            return n, elapsed / n
+        n *= 2
+
+
+def compare(
+    a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int
+) -> tuple[float, float]:
+    """Median seconds per call of a and of b, timed in alternating rounds."""
+    n, _ = time_per_call(a, device)
+    n_b, _ = time_per_call(b, device)
+    n = max(n, n_b)
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, times_a), (b, times_b)):
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            synchronize(device)
+            times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    cells = [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = (
+        [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
+        if cells
+        else [len(h) for h in columns]
+    )
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+        print(f"\nwrote {path}")
