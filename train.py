@@ -52,12 +52,12 @@ from training.runtime import DEVICE_PATTERN
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
 # the run's hyperparameters: shown in TensorBoard's HParams tab, fixed for a resumed run
 HPARAMS = ("model", "hidden", "activation", "dataset", "val_fraction", "optimizer", "lr", "batch_size", "epochs",
-           "seed", "init")  # fmt: skip
+           "seed", "init", "amp")  # fmt: skip
 # what a resumed run may change (given: the flag's value, else the checkpoint's); every
 # other flag must match the checkpoint's. --quiet and --threads are never taken from it.
-RESUME_MAY_CHANGE = ("epochs", "device", "metrics_format", "data_dir")
+RESUME_MAY_CHANGE = ("epochs", "device", "metrics_format", "data_dir", "compile")
 PER_INVOCATION = ("threads", "quiet")
-CONFIG_KEYS = (*HPARAMS, "data_dir", "device", "threads", "logdir", "run_name", "metrics_format", "quiet")
+CONFIG_KEYS = (*HPARAMS, "data_dir", "device", "threads", "logdir", "run_name", "metrics_format", "quiet", "compile")
 
 
 # ------------------------------------------------------------------------------ config
@@ -180,6 +180,14 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="also write metrics_10601.txt in the course homework's format",
     )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: torch.autocast with bfloat16 on CPU, float16 and a GradScaler on CUDA",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model's forward and loss (fullgraph=True)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -217,6 +225,8 @@ def new_config(args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
         "run_name": args.run_name,
         "metrics_format": args.metrics_format,
         "quiet": args.quiet,
+        "amp": args.amp,
+        "compile": args.compile,
     }
 
 
@@ -336,6 +346,18 @@ def train(argv: list[str] | None = None) -> int:
     model.to(device)
     optimizer_class = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config["optimizer"]]
     optimizer = optimizer_class(model.parameters(), lr=config["lr"])
+    # --amp: autocast picks each op's dtype by its policy (custom_ops.Op.autocast); float16
+    # on CUDA needs a GradScaler against underflowing gradients, bfloat16 on the CPU does not
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] and amp_dtype == torch.float16)
+
+    def forward_and_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=config["amp"]):
+            logits = model(x)
+            return logits, model.loss(logits, y)
+
+    if config["compile"]:
+        forward_and_loss = torch.compile(forward_and_loss, fullgraph=True)
 
     history: list[dict[str, float]] = []
     best: dict[str, float] | None = None
@@ -426,12 +448,13 @@ def train(argv: list[str] | None = None) -> int:
             for start in range(0, len(y_train), batch_size):
                 batch = order[start : start + batch_size]
                 x, y = x_train[batch], y_train[batch]
-                logits = model(x)
-                loss = model.loss(logits, y)
+                logits, loss = forward_and_loss(x, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # so the logged gradient norms are the true ones
                 grad_norm_sum += layer_grad_norms(layers)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 step_losses.append(loss.detach())
                 if show_bar:  # running means for the bar (syncs a GPU, so only when shown)
                     seen += len(y)
