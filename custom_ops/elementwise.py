@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .function import Op, may_fuse, unbroadcast
+from .function import Op, may_fuse, save_crosswise, unbroadcast
 
 _ONE = torch.tensor(1.0)  # a CPU scalar: broadcasts into addcmul on any device and dtype
 
@@ -47,8 +47,8 @@ class Add(Op):
         return da + db * ctx.alpha
 
 
-class Sub(Op):
-    """y = a − α·b
+class Sub(Add):
+    """y = a − α·b = a + (−α)·b: Add's rule with −α
 
     saves:    nothing (only the shapes)
     backward: dL/da = unbroadcast(g),  dL/db = unbroadcast(−α·g)
@@ -63,19 +63,8 @@ class Sub(Op):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b, ctx.alpha = inputs
-        ctx.shapes = a.shape, b.shape
-
-    @staticmethod
-    def backward(ctx, g):
-        a_shape, b_shape = ctx.shapes
-        da = unbroadcast(g, a_shape) if ctx.needs_input_grad[0] else None
-        db = unbroadcast(-g if ctx.alpha == 1 else g * -ctx.alpha, b_shape) if ctx.needs_input_grad[1] else None
-        return da, db, None
-
-    @staticmethod
-    def jvp(ctx, da, db, _):
-        return da - db * ctx.alpha
+        a, b, alpha = inputs
+        Add.setup_context(ctx, (a, b, -alpha), output)
 
 
 class Mul(Op):
@@ -94,11 +83,7 @@ class Mul(Op):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b = inputs
-        need_da, need_db = ctx.needs_input_grad
-        ctx.shapes = a.shape, b.shape
-        ctx.save_for_backward(a if need_db else None, b if need_da else None)
-        ctx.save_for_forward(a, b)
+        save_crosswise(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):

@@ -45,7 +45,7 @@ class Op(torch.autograd.Function):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("autocast") not in AUTOCAST_POLICIES:
             raise TypeError(f"{cls.__name__} must state its autocast policy: one of {AUTOCAST_POLICIES}")
-        parts = {name: cls.__dict__[name] for name in _FUNCTION_PARTS}
+        parts = {name: getattr(cls, name) for name in _FUNCTION_PARTS}  # a subclass may inherit some
         cls.without_jvp = type(
             f"{cls.__name__}WithoutJvp",
             (torch.autograd.Function,),
@@ -117,6 +117,16 @@ def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
     is a sum, so dL/dinput = Σ over the copies of dL/doutput.
     """
     return grad if grad.shape == shape else grad.sum_to_size(shape)
+
+
+def save_crosswise(ctx: Any, a: Tensor, b: Tensor) -> None:
+    """Saves for a product y = a ∘ b (mul, matmul), where dL/da needs b and dL/db needs
+    a: each operand is saved only if the other's gradient is needed, as torch's own
+    autograd does. Shapes are kept to undo broadcasting; jvp gets both."""
+    need_da, need_db = ctx.needs_input_grad[:2]
+    ctx.shapes = a.shape, b.shape
+    ctx.save_for_backward(a if need_db else None, b if need_da else None)
+    ctx.save_for_forward(a, b)
 
 
 def may_fuse(grad: Tensor) -> bool:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .function import Op, unbroadcast
+from .function import Op, save_crosswise, unbroadcast
 
 
 class Matmul(Op):
@@ -25,11 +25,7 @@ class Matmul(Op):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b = inputs
-        need_da, need_db = ctx.needs_input_grad
-        ctx.shapes = a.shape, b.shape
-        ctx.save_for_backward(a if need_db else None, b if need_da else None)
-        ctx.save_for_forward(a, b)
+        save_crosswise(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):

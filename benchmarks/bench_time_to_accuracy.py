@@ -1,0 +1,119 @@
+"""Wall time to reach a validation accuracy: `train.py` (defaults, digits) against
+scikit-learn's MLPClassifier(hidden_layer_sizes=(128,)) on the same split.
+
+Both evaluate on the validation split after every epoch and stop at the first epoch
+that reaches the target (default 97%). "warm" times run in this process after imports
+(train.py's main(): data, model, epochs with its evaluation, TensorBoard logging and
+checkpoints; sklearn: partial_fit one epoch at a time, then score); "process" times
+are a fresh Python process doing the whole job, imports included. Each is the median
+of --repeats runs, ours and sklearn's alternating.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_time_to_accuracy.py [--target 0.97] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import print_table, write_json  # noqa: E402
+
+
+def ours_to_target(target: float, threads: int, max_epochs: int = 40) -> tuple[float, int, float, float]:
+    """Seconds from calling train.main() to the end of the first epoch at ≥ target
+    (read off the val/accuracy events' wall times), that epoch, its accuracy, and the
+    clock time (time.time()) it was reached."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import train
+
+    with tempfile.TemporaryDirectory() as logdir:
+        started = time.time()
+        code = train.main(["--quiet", "--threads", str(threads), "--device", "cpu", "--logdir", logdir,
+                           "--run-name", "run", "--epochs", str(max_epochs)])  # fmt: skip
+        assert code == 0
+        events = EventAccumulator(str(Path(logdir) / "run"), size_guidance={"scalars": 0})
+        events.Reload()
+        for event in events.Scalars("val/accuracy"):
+            if event.value >= target:
+                return event.wall_time - started, event.step, event.value, event.wall_time
+    raise RuntimeError(f"train.py did not reach {target:.0%} in {max_epochs} epochs")
+
+
+def sklearn_to_target(target: float, max_epochs: int = 400) -> tuple[float, int, float, float]:
+    """Seconds of partial_fit epochs (each followed by a validation score) until ≥ target."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from training import load_dataset, split_and_standardize
+
+    split = split_and_standardize(load_dataset("digits"), val_fraction=0.2, seed=0)
+    classes = sorted(set(split.y_train.tolist()))
+    model = MLPClassifier(hidden_layer_sizes=(128,), random_state=0)
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    started = time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        model.partial_fit(split.x_train, split.y_train, classes=classes)
+        accuracy = model.score(split.x_val, split.y_val)
+        if accuracy >= target:
+            return time.perf_counter() - started, epoch, accuracy, time.time()
+    raise RuntimeError(f"MLPClassifier did not reach {target:.0%} in {max_epochs} epochs")
+
+
+def process_seconds(which: str, target: float, threads: int) -> float:
+    """From starting a fresh Python process to the moment it reaches the target."""
+    started = time.time()
+    done = subprocess.run([sys.executable, __file__, "--worker", which, "--target", str(target), "--threads",
+                           str(threads)], check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    return float(done.stdout.split()[-1]) - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", type=float, default=0.97)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--worker", choices=("ours", "sklearn"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        reached = ours_to_target(args.target, args.threads) if args.worker == "ours" else sklearn_to_target(args.target)
+        print(reached[-1])
+        return
+    print(f"torch {torch.__version__} | cpu | threads {args.threads} | target {args.target:.0%} | "
+          f"median of {args.repeats}, alternating")  # fmt: skip
+    # warm-up: pay the imports (torch.optim pulls in torch._dynamo, ~1.7 s here; sklearn
+    # pulls in scipy) before the warm timings
+    ours_to_target(0.0, args.threads, max_epochs=1)
+    sklearn_to_target(0.0, max_epochs=1)
+    ours, theirs, ours_proc, theirs_proc = [], [], [], []
+    for _ in range(args.repeats):
+        ours.append(ours_to_target(args.target, args.threads))
+        theirs.append(sklearn_to_target(args.target))
+        ours_proc.append(process_seconds("ours", args.target, args.threads))
+        theirs_proc.append(process_seconds("sklearn", args.target, args.threads))
+    rows = []
+    for name, runs, proc in (("train.py (defaults)", ours, ours_proc),
+                             ("sklearn MLPClassifier(128)", theirs, theirs_proc)):  # fmt: skip
+        warm = statistics.median(r[0] for r in runs)
+        rows.append([name, runs[0][1], f"{runs[0][2]:.2%}", warm, statistics.median(proc)])
+    rows.append(["ratio ours / sklearn", "", "", rows[0][3] / rows[1][3], rows[0][4] / rows[1][4]])
+    print_table(f"time to {args.target:.0%} validation accuracy on digits (s)",
+                ["model", "epoch reached", "val accuracy", "warm s", "process s"], rows)  # fmt: skip
+    write_json(args.json, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
