@@ -120,7 +120,7 @@ def softmax_samples():
 
 
 def softmax_extremes():
-    yield Sample((torch.tensor([[1e4, 0.0, -1e4], [1e4, 1e4, 1e4], [-1e4, -1e4, 1e4]]),))
+    yield Sample((torch.tensor([[1e4, 0.0, -1e4], [1e4, 1e4, 1e4], [-1e4, -1e4, 1e4]]), -1))
 
 
 def loss_samples(target: Callable[..., torch.Tensor], shapes) -> SampleGen:
