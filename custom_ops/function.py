@@ -163,7 +163,9 @@ def as_operand(value: Tensor | Number, like: Tensor | Number) -> Tensor:
         raise TypeError(f"expected a Tensor or a number, got {type(value).__name__}")
     if not isinstance(like, Tensor):
         raise TypeError("at least one operand must be a Tensor")
-    return torch.tensor(value)
+    # beside a float64 tensor a float stays a double, as torch keeps a Python number
+    # (1e308 must not round to inf, nor 1/3 lose bits); otherwise the default dtype
+    return torch.tensor(value, dtype=torch.float64 if isinstance(value, float) and like.dtype == torch.float64 else None)
 
 
 def check_reduction(reduction: str) -> None:
