@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from training import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     ActivationMonitor,
+    NullLogger,
     RunLogger,
     UserError,
     check_run_name,
@@ -45,7 +48,8 @@ from training import (
     split_and_standardize,
     write_json,
 )
-from training.checkpoint import atomic_write
+from training import distributed
+from training.checkpoint import atomic_write, remove_stale_temp_files
 from training.runs import default_run_name
 from training.runtime import DEVICE_PATTERN
 
@@ -56,7 +60,9 @@ HPARAMS = ("model", "hidden", "activation", "dataset", "val_fraction", "optimize
 # what a resumed run may change (given: the flag's value, else the checkpoint's); every
 # other flag must match the checkpoint's. --quiet and --threads are never taken from it.
 RESUME_MAY_CHANGE = ("epochs", "device", "metrics_format", "data_dir", "compile")
-PER_INVOCATION = ("threads", "quiet")
+PER_INVOCATION = ("threads", "quiet", "detect_anomaly")
+# the exit status of a run stopped by a non-finite loss, gradient or weight (2: bad input)
+EXIT_NON_FINITE = 3
 CONFIG_KEYS = (*HPARAMS, "data_dir", "device", "threads", "logdir", "run_name", "metrics_format", "quiet", "compile")
 
 
@@ -168,7 +174,11 @@ def build_parser() -> ArgumentParser:
         default="random",
         help="random: PyTorch's nn.Linear init; zero: all weights 0 (default random)",
     )
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default torch's)")
+    # one thread by default: the default model is too small to gain from more, and on a
+    # shared 2-core machine two threads beside a busy process ran a step ~180x slower
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch intra-op threads (default 1; raise it for big models)"
+    )
     parser.add_argument("--logdir", default="runs", help="parent folder of run directories (default runs)")
     parser.add_argument("--run-name", default=None, help="run directory name (default: time and settings)")
     parser.add_argument(
@@ -189,7 +199,24 @@ def build_parser() -> ArgumentParser:
         "--compile", action="store_true", help="torch.compile the model's forward and loss (fullgraph=True)"
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument(
+        "--detect-anomaly",
+        action="store_true",
+        help="PyTorch's anomaly mode, for debugging a NaN: backward stops at the op whose gradient is NaN and "
+        "shows where forward called it (slow)",
+    )
     return parser
+
+
+def check_arguments(argv: list[str]) -> None:
+    """Refuse an argument holding a control character (a NUL byte, a newline) or bytes
+    that are not UTF-8 (lone surrogates): no file may have such a name here, and they
+    would break the one-line error messages and the run's files."""
+    for arg in argv:
+        bad = next((c for c in arg if unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            kind = "bytes that are not UTF-8" if unicodedata.category(bad) == "Cs" else f"a control character {bad!r}"
+            raise UserError(f"argument {arg!r} holds {kind}: pass plain text (rename the file if it is a path)")
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:
@@ -225,6 +252,7 @@ def new_config(args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
         "run_name": args.run_name,
         "metrics_format": args.metrics_format,
         "quiet": args.quiet,
+        "detect_anomaly": args.detect_anomaly,
         "amp": args.amp,
         "compile": args.compile,
     }
@@ -288,6 +316,44 @@ def is_better(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
     return (metrics["val_accuracy"], -metrics["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
 
 
+def leave_os_errors_to_main(hook: Any) -> Any:
+    """A threading.excepthook that stays silent on an OSError: TensorBoard's writer thread
+    dies of a full disk with a traceback, then the main thread gets the same error on its
+    next flush, and main prints it as one line."""
+
+    def excepthook(args: Any) -> None:
+        if not issubclass(args.exc_type, OSError):
+            hook(args)
+
+    return excepthook
+
+
+def first_non_finite(step_flags: list[torch.Tensor]) -> tuple[int, int] | None:
+    """(step index in the epoch, 0 for the loss or k for layer k's gradient) of the first
+    non-finite value, or None. step_flags holds one row a step, [loss finite, layer 1's
+    gradient finite, ...], kept on the device: this reads them once an epoch, one sync."""
+    if not step_flags:
+        return None
+    flags = torch.stack(step_flags).cpu()
+    if bool(flags.all()):
+        return None
+    step, what = (~flags).nonzero()[0].tolist()
+    return step, what
+
+
+def non_finite_message(what: str, epoch: int, step: int, steps: int, global_step: int, lr: float, last: Path) -> str:
+    """The one line train.py prints when training diverges."""
+    checkpoint = (
+        f"the last good checkpoint, of epoch {epoch - 1}, is {last}" if last.is_file()
+        else "no checkpoint was written (the first epoch diverged)"
+    )  # fmt: skip
+    find_op = "" if torch.is_anomaly_enabled() else ", and run with --detect-anomaly to find the op"
+    return (
+        f"non-finite {what} at epoch {epoch}, step {step} of {steps} (global step {global_step}): training diverged; "
+        f"lower --lr (it is {lr:g}) or check the data{find_op}; {checkpoint}"
+    )
+
+
 def metrics_10601(history: list[dict[str, float]], final_errors: tuple[float, float]) -> str:
     """The course homework's metrics file: cross-entropy per epoch, then the final error rates."""
     lines = []
@@ -303,25 +369,60 @@ def metrics_10601(history: list[dict[str, float]], final_errors: tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    anomaly_mode = torch.is_anomaly_enabled()
+    thread_hook = threading.excepthook
+    threading.excepthook = leave_os_errors_to_main(thread_hook)
     try:
         return train(argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a write outside atomic_write: TensorBoard's event file, on a full disk
+        print(f"error: cannot write the run's files: {error.strerror or error}; free some space or fix the "
+              "permissions, then continue with --resume (the checkpoints written so far are intact)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    finally:
+        threading.excepthook = thread_hook
+        torch.autograd.set_detect_anomaly(anomaly_mode)  # --detect-anomaly holds for this run only
+        distributed.close()  # under torchrun: leave the process group (otherwise nothing to do)
 
 
 def train(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     # -------------------------------------------------------------------- config
+    check_arguments(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     explicit = explicit_flags(argv)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    # started by torchrun (RANK, WORLD_SIZE, ... in the environment)? None for `python train.py`
+    launch = distributed.launch_from_env()
+    # torchrun restarted the workers after a failure: go on from the run's last checkpoint
+    earlier = distributed.earlier_attempt(launch, args.resume, args.logdir, args.run_name) if launch else None
+    restarted = earlier is not None
+    if restarted and (earlier / "last.pt").is_file():
+        args.resume, explicit = str(earlier / "last.pt"), explicit - {"logdir", "run_name"}
+    checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     config = resumed_config(checkpoint["config"], args, explicit) if checkpoint else new_config(args, explicit)
-    device = resolve_device(config["device"])
+    group = None  # the process group under torchrun: DDP, sharded data, rank 0 writes the files
+    if launch:
+        local_batch_size = distributed.check_batch_size(config["batch_size"], launch)
+        if launch.max_restarts and not checkpoint and config["run_name"] is None:
+            raise UserError(
+                f"torchrun --max-restarts={launch.max_restarts} needs --run-name: a restarted group resumes from "
+                "the run's last.pt, which it finds by name"
+            )
+        device = distributed.rank_device(config["device"], launch)
+        group = distributed.Group(launch, device)
+    else:
+        local_batch_size = config["batch_size"]
+        device = resolve_device(config["device"])
+    is_rank0 = group is None or group.is_rank0
     if config["threads"]:
         torch.set_num_threads(config["threads"])
-    say = (lambda *_: None) if config["quiet"] else print
+    if config["detect_anomaly"]:  # main restores the previous mode when the run ends
+        torch.autograd.set_detect_anomaly(True)
+    say = (lambda *_: None) if config["quiet"] or not is_rank0 else print
 
     # -------------------------------------------------------------------- data
     dataset = load_dataset(config["dataset"], config["data_dir"])
@@ -329,6 +430,8 @@ def train(argv: list[str] | None = None) -> int:
     # the whole split lives on the device: batches are index lookups, no loader needed
     x_train, y_train = torch.from_numpy(split.x_train).to(device), torch.from_numpy(split.y_train).to(device)
     x_val, y_val = torch.from_numpy(split.x_val).to(device), torch.from_numpy(split.y_val).to(device)
+    if group and min(len(y_train), len(y_val)) < group.world_size:
+        raise UserError(f"{len(y_train)} train / {len(y_val)} val samples are too few for {group.world_size} processes")
 
     # -------------------------------------------------------------------- model and optimizer
     torch.manual_seed(config["seed"])
@@ -351,12 +454,15 @@ def train(argv: list[str] | None = None) -> int:
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] and amp_dtype == torch.float16)
 
-    def forward_and_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_loss(x: torch.Tensor, y: torch.Tensor, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=config["amp"]):
-            logits = model(x)
-            return logits, model.loss(logits, y)
+            logits = step_model(x)  # the model, or DDP around it under torchrun
+            if group is None:
+                return logits, model.loss(logits, y)
+            # this rank's share of the global batch's mean loss: DDP averages the ranks' gradients
+            return logits, group.share_of_mean_loss(model, logits, y, global_batch)
 
-    if config["compile"]:
+    if config["compile"] and group is None:  # (under torchrun the model inside DDP is compiled instead, below)
         forward_and_loss = torch.compile(forward_and_loss, fullgraph=True)
 
     history: list[dict[str, float]] = []
@@ -377,11 +483,22 @@ def train(argv: list[str] | None = None) -> int:
         restore_rng_state(checkpoint["rng"])
         history, best = list(checkpoint["history"]), checkpoint.get("best")
         epochs_done, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        if restarted and epochs_done >= config["epochs"]:
+            say(f"run {Path(args.resume).parent} had finished its {epochs_done} epochs before the restart")
+            return 0
         if epochs_done >= config["epochs"]:
             raise UserError(
                 f"checkpoint {args.resume} has trained {epochs_done} epochs already: pass --epochs N with "
                 f"N > {epochs_done} to train further"
             )
+
+    # under torchrun, the training step runs DDP around the model (whose constructor gives
+    # every rank rank 0's weights); everything else uses the model itself. With --compile,
+    # DDP runs the compiled model: DDP's own forward cannot be traced into one graph
+    if group:
+        step_model = group.wrap(torch.compile(model, fullgraph=True) if config["compile"] else model)
+    else:
+        step_model = model
 
     # -------------------------------------------------------------------- run directory
     # only now, with every input checked: a mistake above leaves no trace on disk
@@ -390,18 +507,36 @@ def train(argv: list[str] | None = None) -> int:
     else:
         auto_named = config["run_name"] is None
         run_name = default_run_name(config) if auto_named else config["run_name"]
-        run_dir = create_run_dir(config["logdir"], run_name, auto_named)
+        if group is None:
+            run_dir = create_run_dir(config["logdir"], run_name, auto_named)
+        else:  # rank 0 makes it, the other ranks learn its name
+            run_dir = group.on_rank0(lambda: distributed.make_run_dir(config["logdir"], run_name, auto_named, earlier))
         config["run_name"] = run_dir.name
-    write_json(
-        run_dir / "config.json",
-        {
-            **config,
-            "device_used": str(device),
-            "torch_version": torch.__version__,
-            "resumed_from_epoch": epochs_done if checkpoint else None,
-        },
+    if is_rank0:  # under torchrun, rank 0 alone writes the run directory's files
+        write_json(
+            run_dir / "config.json",
+            {
+                **config,
+                "device_used": str(device),
+                "torch_version": torch.__version__,
+                "resumed_from_epoch": epochs_done if checkpoint else None,
+                # under torchrun: how many processes, and the job's id (a restart recognizes its run by it)
+                **({"world_size": group.world_size, "backend": group.backend, "torchelastic_run_id": launch.run_id}
+                   if group else {}),  # fmt: skip
+            },
+        )
+    if checkpoint and is_rank0:
+        # after a crash: drop the killed process's temporary files, and bring metrics.json
+        # up to last.pt (a kill between the two writes leaves it an epoch behind)
+        remove_stale_temp_files(run_dir)
+        if Path(args.resume).resolve() == (run_dir / "last.pt").resolve():
+            write_json(run_dir / "metrics.json", {"history": history, "final": history[-1], "best": best})
+    # (a restart before the first checkpoint starts over in the same directory: purge its events)
+    logger = (
+        RunLogger(run_dir, resume_global_step=global_step if checkpoint or restarted else None)
+        if is_rank0
+        else NullLogger()
     )
-    logger = RunLogger(run_dir, resume_global_step=global_step if checkpoint else None)
     if not checkpoint:
         logger.graph(model, x_val[:1])
     data_info = {
@@ -416,25 +551,47 @@ def train(argv: list[str] | None = None) -> int:
     monitor = ActivationMonitor(model)
     batch_size, epochs = config["batch_size"], config["epochs"]
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
-    show_bar = not config["quiet"] and sys.stderr.isatty()
+    world_size = group.world_size if group else 1
+    # what this process evaluates each epoch: the whole splits, or under torchrun its shard of them
+    train_shard = (x_train, y_train) if group is None else (group.shard(x_train), group.shard(y_train))
+    val_shard = (x_val, y_val) if group is None else (group.shard(x_val), group.shard(y_val))
+    show_bar = not config["quiet"] and sys.stderr.isatty() and is_rank0
     shape = "-".join(str(n) for n in [dataset.num_features, *config["hidden"], dataset.num_classes])
     say(
         f"{'resuming' if checkpoint else 'training'} {config['model']} {shape}"
         f"{' ' + config['activation'] if config['model'] == 'mlp' else ''} ({count_parameters(model):,} parameters) "
         f"on {config['dataset']}: {len(y_train)} train / {len(y_val)} val samples; device {device}; run {run_dir}"
     )
+    if group:
+        say(
+            f"data parallel: {world_size} processes ({group.backend}), each computing {local_batch_size} samples "
+            f"of every global batch of {batch_size}{'; restarted by torchrun' if restarted else ''}"
+        )
+
+    def diverged(what: str, epoch: int, step: int, global_step: int) -> int:
+        """Stop on a non-finite value: one line on stderr, last.pt left at the last good epoch."""
+        logger.close()
+        if is_rank0:
+            lr, last = optimizer.param_groups[0]["lr"], run_dir / "last.pt"
+            print(f"error: {non_finite_message(what, epoch, step, steps_per_epoch, global_step, lr, last)}",
+                  file=sys.stderr)  # fmt: skip
+        return EXIT_NON_FINITE
 
     # -------------------------------------------------------------------- training loop
     try:
         for epoch in range(epochs_done + 1, epochs + 1):
             epoch_started = time.perf_counter()
             model.train()
-            # drawn on the CPU, so the same seed gives the same batches on any device
-            order = torch.randperm(
-                len(y_train), generator=torch.Generator().manual_seed(epoch_seed(config["seed"], epoch))
-            )
+            if group is None:
+                # drawn on the CPU, so the same seed gives the same batches on any device
+                order = torch.randperm(
+                    len(y_train), generator=torch.Generator().manual_seed(epoch_seed(config["seed"], epoch))
+                )
+            else:  # this rank's shard of that same permutation (DistributedSampler, seeded epoch_seed(seed, 0) + epoch)
+                order = group.epoch_shard(len(y_train), epoch_seed(config["seed"], 0), epoch)
             order = order.to(device)
             step_losses: list[torch.Tensor] = []
+            step_finite: list[torch.Tensor] = []  # per step: [loss finite, each layer's gradient finite]
             grad_norm_sum = torch.zeros(len(layers), device=device)
             bar = tqdm(
                 total=steps_per_epoch,
@@ -445,32 +602,50 @@ def train(argv: list[str] | None = None) -> int:
                 dynamic_ncols=True,
             )
             seen, correct, loss_sum = 0, 0, 0.0
-            for start in range(0, len(y_train), batch_size):
-                batch = order[start : start + batch_size]
+            for step in range(steps_per_epoch):
+                # this process's part of the step's global batch (all of it without torchrun)
+                batch = order[step * local_batch_size : (step + 1) * local_batch_size]
+                global_batch = min(batch_size, len(y_train) - step * batch_size)
                 x, y = x_train[batch], y_train[batch]
-                logits, loss = forward_and_loss(x, y)
+                logits, loss = forward_and_loss(x, y, global_batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)  # so the logged gradient norms are the true ones
-                grad_norm_sum += layer_grad_norms(layers)
+                grad_norms = layer_grad_norms(layers)
+                grad_norm_sum += grad_norms
+                # (an fp16 GradScaler expects inf gradients now and then: it skips those steps itself)
+                grads_finite = grad_norms.isfinite() | scaler.is_enabled()
+                step_finite.append(torch.cat([loss.detach().isfinite().reshape(1), grads_finite]))
                 scaler.step(optimizer)
                 scaler.update()
                 step_losses.append(loss.detach())
                 if show_bar:  # running means for the bar (syncs a GPU, so only when shown)
                     seen += len(y)
-                    loss_sum += loss.item() * len(y)
+                    loss_sum += loss.item() * global_batch / world_size  # this process's summed loss
                     correct += int((model.predict(logits.detach()) == y).sum())
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}", refresh=False)
                     bar.update(1)
             bar.close()
             first_step = global_step + 1
             global_step += len(step_losses)
+            # a non-finite loss or gradient (or weights an overflowing step made inf): stop before
+            # this epoch is evaluated, logged or saved, so last.pt stays the last good epoch
+            bad = first_non_finite(step_finite)
+            if bad is None and not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
+                bad = (len(step_losses) - 1, -1)
+            if bad is not None:
+                step, what = bad
+                name = {0: f"loss ({step_losses[step].item()})", -1: "weights"}.get(what, f"gradient (layer{what})")
+                return diverged(name, epoch, step + 1, first_step + step)
 
             # evaluation: the whole training split (recording activation statistics), then validation
             model.eval()
             with monitor.recording():
-                train_eval = evaluate(model, x_train, y_train)
-            val_eval = evaluate(model, x_val, y_val)
+                train_eval = evaluate(model, *train_shard)
+            val_eval = evaluate(model, *val_shard)
+            if group:  # each rank evaluated its shard: sums over all ranks give the whole splits' numbers
+                train_eval, val_eval = group.all_reduce_evaluation(train_eval), group.all_reduce_evaluation(val_eval)
+                group.all_reduce_activation_stats(monitor)
             metrics = {
                 "epoch": epoch,
                 "train_loss": train_eval.loss,
@@ -478,13 +653,20 @@ def train(argv: list[str] | None = None) -> int:
                 "val_loss": val_eval.loss,
                 "val_accuracy": val_eval.accuracy,
             }
+            for split in ("train", "val"):  # finite weights can still overflow the logits
+                if not math.isfinite(metrics[f"{split}_loss"]):
+                    what = f"{split} loss ({metrics[f'{split}_loss']}) in the evaluation after the last step"
+                    return diverged(what, epoch, len(step_losses), global_step)
             history.append(metrics)
             improved = is_better(metrics, best)
             if improved:
                 best = metrics
 
             # logging
-            logger.step_losses(first_step, torch.stack(step_losses).tolist())
+            losses = torch.stack(step_losses)
+            if group:  # the mean of the ranks' shares is each global batch's mean loss
+                losses = group.average(losses)
+            logger.step_losses(first_step, losses.tolist())
             mean_grad_norms = (grad_norm_sum / len(step_losses)).tolist()
             logger.epoch(
                 epoch,
@@ -496,24 +678,29 @@ def train(argv: list[str] | None = None) -> int:
             )
             logger.flush()
 
-            # checkpoints and metrics: last.pt every epoch, best.pt when val accuracy improved
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "global_step": global_step,
-                "history": history,
-                "best": best,
-                "rng": rng_state(),
-                "config": config,
-                "data": data_info,
-            }
-            save_checkpoint(run_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(run_dir / "best.pt", state)
-            write_json(run_dir / "metrics.json", {"history": history, "final": metrics, "best": best})
+            # checkpoints and metrics: last.pt every epoch, best.pt when val accuracy improved; best.pt
+            # first: replacing last.pt commits the epoch (a kill before it redoes the epoch on --resume)
+            # (under torchrun rank 0 alone writes them; at the barrier every rank has finished the epoch)
+            if is_rank0:
+                state = {
+                    "format": CHECKPOINT_FORMAT,
+                    "version": CHECKPOINT_VERSION,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "history": history,
+                    "best": best,
+                    "rng": rng_state(),
+                    "config": config,
+                    "data": data_info,
+                }
+                if improved:
+                    save_checkpoint(run_dir / "best.pt", state)
+                save_checkpoint(run_dir / "last.pt", state)
+                write_json(run_dir / "metrics.json", {"history": history, "final": metrics, "best": best})
+            if group:
+                group.barrier()
             say(
                 f"epoch {epoch:>3}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.2%}"
                 f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.2%}"
@@ -521,15 +708,23 @@ def train(argv: list[str] | None = None) -> int:
             )
     except KeyboardInterrupt:
         logger.close()
-        print(f"interrupted; continue with: python train.py --resume {run_dir / 'last.pt'}", file=sys.stderr)
+        if is_rank0:
+            print(f"interrupted; continue with: python train.py --resume {run_dir / 'last.pt'}", file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        # --detect-anomaly: backward raised at the op whose gradient is NaN (PyTorch has
+        # printed the forward traceback of that op above as a warning)
+        if not (torch.is_anomaly_enabled() and "nan values" in str(error)):
+            raise
+        what = f"gradient ({str(error).rstrip('.')})"
+        return diverged(what, epoch, len(step_losses) + 1, global_step + len(step_losses) + 1)
 
     # -------------------------------------------------------------------- the run's summary
     final = history[-1]
     assert best is not None
     logger.hparams({key: config[key] for key in HPARAMS}, final, best, epochs)
     logger.close()
-    if config["metrics_format"] == "10601":
+    if config["metrics_format"] == "10601" and is_rank0:
         text = metrics_10601(history, (train_eval.error, val_eval.error))
         atomic_write(run_dir / "metrics_10601.txt", lambda tmp: tmp.write_text(text))
     say(

@@ -23,13 +23,13 @@ from .data import (
 from .diagnostics import ActivationMonitor, layer_grad_norms, linear_layers
 from .errors import UserError
 from .evaluation import Evaluation, evaluate
-from .logging import RunLogger
+from .logging import NullLogger, RunLogger
 from .runs import check_run_name, create_run_dir, default_run_name, write_json
 from .runtime import resolve_device
 
 __all__ = [
     "ActivationMonitor", "BUILTIN_DATASETS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Dataset", "Evaluation",
-    "RunLogger", "Split", "UserError", "check_run_name", "create_run_dir", "default_run_name", "evaluate",
+    "NullLogger", "RunLogger", "Split", "UserError", "check_run_name", "create_run_dir", "default_run_name", "evaluate",
     "layer_grad_norms", "linear_layers", "load_checkpoint", "load_dataset", "load_mnist", "load_model_state",
     "read_csv", "read_idx", "resolve_device", "restore_rng_state", "rng_state", "save_checkpoint",
     "split_and_standardize", "write_json",

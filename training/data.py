@@ -89,6 +89,15 @@ def _from_labels(name: str, features: np.ndarray, raw_labels: np.ndarray) -> Dat
 # ------------------------------------------------------------------------------ CSV
 
 
+MAX_LABEL = 2**53  # labels are read as float64, exact for integers below this
+
+
+def _show(cell: str, limit: int = 40) -> str:
+    """A cell for an error message: quoted, escaped (one line, whatever it holds), shortened."""
+    cell = cell.strip()
+    return repr(cell if len(cell) <= limit else cell[:limit] + "...")
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
@@ -149,6 +158,14 @@ def read_csv(path: str | os.PathLike[str]) -> Dataset:
             f"{where} line {lines[row][0]}: label {raw_labels[row]:g} is not an integer "
             "(the first column must hold integer class labels)"
         )
+    # beyond 2**53 float64 has gaps between integers: two labels could read as one
+    too_large = np.nonzero(np.abs(raw_labels) >= MAX_LABEL)[0]
+    if len(too_large):
+        row = too_large[0]
+        raise UserError(
+            f"{where} line {lines[row][0]}: label {_show(lines[row][1].split(',')[0])} is too large "
+            f"(class labels must be integers of magnitude below 2**53 = {MAX_LABEL})"
+        )
     return _from_labels(where, table[:, 1:], raw_labels.astype(np.int64))
 
 
@@ -168,11 +185,11 @@ def _describe_csv_fault(where: str, lines: list[tuple[int, str]]) -> str | None:
                 return f"{where} line {number}, column {column} is empty: every cell must hold a number"
             if not _is_number(cell) and column == 1:
                 return (
-                    f"{where} line {number}: label {cell.strip()!r} is not an integer "
+                    f"{where} line {number}: label {_show(cell)} is not an integer "
                     "(the first column must hold integer class labels)"
                 )
             if not _is_number(cell):
-                return f"{where} line {number}, column {column}: {cell.strip()!r} is not a number"
+                return f"{where} line {number}, column {column}: {_show(cell)} is not a number"
     return None
 
 
@@ -261,13 +278,26 @@ def split_and_standardize(dataset: Dataset, val_fraction: float, seed: int) -> S
             f"validation sets with --val-fraction {val_fraction}: {e}"
         ) from None
     x_train, x_val = dataset.features[train_idx], dataset.features[val_idx]
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std < 1e-12] = 1.0  # a constant feature (e.g. a border pixel): leave it at 0, don't divide by 0
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, with a message
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std < 1e-12] = 1.0  # a constant feature (e.g. a border pixel): leave it at 0, don't divide by 0
+        z_train, z_val = (((x - mean) / std).astype(np.float32) for x in (x_train, x_val))
+    # values so large that their squares overflow (std), or whose z-scores pass float32's
+    # 3.4e38: refused here, or they would reach training as inf and NaN
+    finite = np.isfinite(mean) & np.isfinite(std) & np.isfinite(z_train).all(axis=0) & np.isfinite(z_val).all(axis=0)
+    overflowed = np.nonzero(~finite)[0]
+    if len(overflowed):
+        column = overflowed[0]
+        largest = max(np.abs(dataset.features[:, column]).max(), 0.0)
+        raise UserError(
+            f"{dataset.name}: feature {column + 1} (in a CSV file, column {column + 2}) has values too large to "
+            f"standardize (up to {largest:.3g}): rescale the data"
+        )
     return Split(
-        x_train=((x_train - mean) / std).astype(np.float32),
+        x_train=z_train,
         y_train=dataset.labels[train_idx],
-        x_val=((x_val - mean) / std).astype(np.float32),
+        x_val=z_val,
         y_val=dataset.labels[val_idx],
         mean=mean,
         std=std,

@@ -99,3 +99,11 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     if isinstance(value, torch.Tensor):
         return value.item()
     return "none" if value is None else str(value)
+
+
+class NullLogger:
+    """RunLogger's interface, writing nothing: the logger of every rank but 0 in a
+    distributed run (rank 0 alone writes the run's TensorBoard events)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
