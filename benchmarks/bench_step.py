@@ -54,7 +54,7 @@ def digits_default() -> Config:
     import train
 
     defaults = train.build_parser().parse_args([])
-    hidden = tuple(int(h) for h in str(defaults.hidden).split(",") if h)
+    hidden = tuple(defaults.hidden)
     return Config(f"digits default (train.py) 64-{'-'.join(map(str, hidden))}-10 {defaults.activation}", 64, hidden,
                   10, defaults.batch_size, defaults.activation)  # fmt: skip
 
