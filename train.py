@@ -20,6 +20,7 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,34 +77,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python train.py --help)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def checked_number(cast: type, is_valid: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: cast the text, then check it; either failure is one line."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not is_valid(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
+positive_int = checked_number(int, lambda value: value > 0, "a positive integer")
+positive_float = checked_number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
+fraction = checked_number(float, lambda value: 0 < value < 1, "a number between 0 and 1 (exclusive)")
+seed_value = checked_number(int, lambda value: 0 <= value < 2**32, "an integer from 0 to 2**32 - 1")
 
 
 def hidden_sizes(text: str) -> list[int]:
@@ -116,16 +108,6 @@ def hidden_sizes(text: str) -> list[int]:
     if any(size <= 0 for size in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
-
-
-def seed_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
-    return value
 
 
 def device_name(text: str) -> str:
