@@ -73,9 +73,11 @@ class Linear(Op):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         dx = g @ weight if ctx.needs_input_grad[0] else None
-        # every leading dim of x is a batch dim: flatten them, one matrix product sums them
-        batch = math.prod(x.shape[:-1]) if x is not None else 0
-        dweight = g.reshape(batch, g.shape[-1]).mT @ x.reshape(batch, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        dweight = None
+        if ctx.needs_input_grad[1]:
+            # every leading dim of x is a batch dim: flatten them, one matrix product sums them
+            batch = math.prod(x.shape[:-1])
+            dweight = g.reshape(batch, g.shape[-1]).mT @ x.reshape(batch, x.shape[-1])
         dbias = unbroadcast(g, ctx.bias_shape) if ctx.needs_input_grad[2] else None
         return dx, dweight, dbias
 
