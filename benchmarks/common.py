@@ -64,19 +64,23 @@ def compare(
     a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int
 ) -> tuple[float, float]:
     """Median seconds per call of a and of b, timed in alternating rounds."""
-    n, _ = time_per_call(a, device)
-    n_b, _ = time_per_call(b, device)
-    n = max(n, n_b)
-    times_a, times_b = [], []
+    t_a, t_b = compare_many([a, b], device, repeats)
+    return t_a, t_b
+
+
+def compare_many(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[float]:
+    """Median seconds per call of each fn, all timed in the same rounds, one after another."""
+    n = max(time_per_call(fn, device)[0] for fn in fns)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
+        for fn, fn_times in zip(fns, times):
             synchronize(device)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
             synchronize(device)
-            times.append((time.perf_counter() - t0) / n)
-    return statistics.median(times_a), statistics.median(times_b)
+            fn_times.append((time.perf_counter() - t0) / n)
+    return [statistics.median(t) for t in times]
 
 
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:

@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch._functorch.utils import unwrap_dead_wrappers
 
 _FUNCTION_PARTS = ("forward", "setup_context", "backward")
 
@@ -92,22 +91,34 @@ def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autog
     # inspect.signature (measured here: ~17 µs of a ~23 µs sigmoid call, against ~3 µs
     # for torch.sigmoid). The public functions always pass every argument positionally,
     # so outside torch.func transforms we call the C++ apply underneath directly;
-    # inside them, Function.apply's own path is needed and taken.
+    # inside them, Function.apply's own path is needed and taken. Every check below is
+    # one C call or attribute read: at 64×64 this function is the whole of our per-call
+    # cost on top of PyTorch's own Function machinery.
     apply_positional = super(torch.autograd.Function, eager).apply
+    casts = autocast != "as_is"
 
     def call(*args: Any) -> Any:
-        args = autocast_inputs(autocast, args)
+        if casts and _any_autocast_enabled():
+            args = autocast_inputs(autocast, args)
         if torch.compiler.is_compiling():
             return compiled.apply(*args)
-        if torch._C._are_functorch_transforms_active():
+        if _transforms_active():
             output = eager.apply(*args)
         else:
-            output = apply_positional(*unwrap_dead_wrappers(args))
-        for observer in _observers:
-            observer(eager, args, output)
+            # what Function.apply does outside transforms: a tensor left over from an
+            # exited torch.func transform is unwrapped to the plain tensor it holds
+            output = apply_positional(*[_unwrap_if_dead(a) if isinstance(a, Tensor) else a for a in args])
+        if _observers:
+            for observer in _observers:
+                observer(eager, args, output)
         return output
 
     return call
+
+
+_any_autocast_enabled = torch._C._is_any_autocast_enabled
+_transforms_active = torch._C._are_functorch_transforms_active
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
@@ -182,10 +193,13 @@ def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
     return loss
 
 
-def reduction_grad(grad: Tensor, shape: torch.Size, reduction: str) -> Tensor:
-    """Backward of `reduce_loss`: dL/dloss_i = g (sum), g / n (mean) or g_i (none)."""
-    if reduction == "none":
-        return grad
+def reduction_grad(grad: Tensor, shape: torch.Size, reduction: str, scale: float = 1.0) -> Tensor:
+    """Backward of `reduce_loss`, times a constant of the loss's derivative:
+    dL/dloss_i = g (sum), g / n (mean) or g_i (none), each times `scale`.
+
+    For 'sum' and 'mean' this stays 0-d: the caller's product broadcasts it over the
+    elements, so neither a copy per element nor a second pass over memory is made for
+    the constant (one 0-d multiply does both the 1/n and `scale`)."""
     if reduction == "mean":
-        grad = grad / max(shape.numel(), 1)
-    return grad.expand(shape)
+        scale /= max(shape.numel(), 1)
+    return grad if scale == 1 else grad * scale

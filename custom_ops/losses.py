@@ -1,7 +1,8 @@
 """Losses, fused with their last step so the gradient is the short closed form.
 
 reduction: 'none' keeps one loss per element, 'sum' adds them, 'mean' divides the sum
-by their number. backward first turns g into a per-element gradient (reduction_grad).
+by their number. backward first turns g into dL/dloss_i (reduction_grad), which
+broadcasts over the elements.
 """
 
 from __future__ import annotations
@@ -58,11 +59,10 @@ class CrossEntropy(Op):
     def backward(ctx, g):
         z, target = ctx.saved_tensors
         dim = class_dim(z)
-        g = reduction_grad(g, target.shape, ctx.reduction).unsqueeze(dim)
+        g = reduction_grad(g, target.shape, ctx.reduction)
+        g = g.unsqueeze(dim) if ctx.reduction == "none" else g  # one per sample: broadcast over classes
         if may_fuse(g):  # softmax, then −1 at each target, then · g: all in one fresh tensor
-            p = torch.softmax(z, dim)
-            index = target.unsqueeze(dim)
-            return p.scatter_add_(dim, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device)).mul_(g), None, None
+            return torch.softmax(z, dim).scatter_(dim, target.unsqueeze(dim), -1.0, reduce="add").mul_(g), None, None
         return CrossEntropy._dloss_dz(z, target) * g, None, None
 
     @staticmethod
@@ -134,8 +134,8 @@ class MSELoss(Op):
     def backward(ctx, g):
         x, y = ctx.saved_tensors
         diff = x - y
-        g = reduction_grad(g, diff.shape, ctx.reduction)
-        d_diff = diff.mul_(g).mul_(2) if may_fuse(g) else 2 * diff * g
+        g = reduction_grad(g, diff.shape, ctx.reduction, scale=2.0)  # 2 g (/ n)
+        d_diff = diff.mul_(g) if may_fuse(g) else diff * g
         dx = unbroadcast(d_diff, x.shape) if ctx.needs_input_grad[0] else None
         dy = unbroadcast(-d_diff, y.shape) if ctx.needs_input_grad[1] else None
         return dx, dy, None
