@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import compare, compare_many, header, parser, print_table, setup, write_json  # noqa: E402
+import custom_ops  # noqa: E402
 from custom_ops.registry import OP_DB  # noqa: E402
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "square", "pow", "sin", "cos", "exp", "log", "tanh",
@@ -88,8 +89,6 @@ def overhead_breakdown(device: torch.device, repeats: int) -> list[list[object]]
     """Where a 64×64 sigmoid's forward + backward time goes: torch's own op, PyTorch's
     custom-Function machinery around the same kernels (C++ apply called directly, as
     custom_ops does), and custom_ops.sigmoid, all three in the same interleaved rounds."""
-    import custom_ops
-
     bare_apply = super(torch.autograd.Function, BareSigmoid).apply  # skips Function.apply's inspect binding
     variants = [("torch.sigmoid", torch.sigmoid), ("bare autograd.Function, same kernels", bare_apply),
                 ("custom_ops.sigmoid", custom_ops.sigmoid)]  # fmt: skip

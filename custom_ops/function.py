@@ -58,9 +58,8 @@ AUTOCAST_POLICIES = ("lower", "float32", "as_is")
 
 def autocast_inputs(policy: str, args: tuple) -> tuple:
     """The op's float tensor inputs cast as its autocast policy says (unchanged when
-    autocast is off, as it is in backward: the engine runs backward outside it)."""
-    if policy == "as_is" or not torch._C._is_any_autocast_enabled():
-        return args
+    autocast is off on their device). The dispatcher calls this only when the policy
+    casts and some autocast is on; backward never does: the engine runs it outside."""
     device = next(a.device.type for a in args if isinstance(a, Tensor))
     if not torch.is_autocast_enabled(device):
         return args
