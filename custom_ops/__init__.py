@@ -3,10 +3,15 @@
 Each op comes in two forms: the `torch.autograd.Function` class (`Sigmoid`) and a
 function with its torch twin's signature (`sigmoid(x)` ~ `torch.sigmoid(x)`).
 The op database in `custom_ops.registry` lists them all with their derivatives.
+
+One more function fuses a training step into an op: `fused_linear_sgd(x, W, b, lr)`
+is `linear(x, W, b)` whose backward also takes plain SGD's step on W and b in place
+(`LinearSGDStep`; see custom_ops.fused).
 """
 
 from .elementwise import Add, Cos, Div, Exp, Log, Maximum, Mul, Pow, Relu, Sigmoid, Sin, Square, Sub, Tanh
 from .function import Op, unbroadcast
+from .fused import LinearSGDStep, fused_linear_sgd
 from .functional import (
     add,
     binary_cross_entropy_with_logits,
@@ -46,4 +51,5 @@ CLASSES = (
     "Sigmoid", "Relu", "Maximum", "Matmul", "Linear", "Sum", "Mean", "Softmax",
     "LogSoftmax", "CrossEntropy", "BinaryCrossEntropyWithLogits", "MSELoss",
 )  # fmt: skip
-__all__ = [*FUNCTIONS, *CLASSES, "Op", "unbroadcast"]
+FUSED_STEPS = ("fused_linear_sgd",)
+__all__ = [*FUNCTIONS, *CLASSES, *FUSED_STEPS, "LinearSGDStep", "Op", "unbroadcast"]

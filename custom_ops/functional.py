@@ -86,12 +86,16 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    check_linear_shapes("linear", input, weight)
+    return Linear.call(input, weight, bias)
+
+
+def check_linear_shapes(op: str, input: Tensor, weight: Tensor) -> None:
     if weight.dim() != 2 or input.dim() == 0 or input.shape[-1] != weight.shape[-1]:
         raise ValueError(
-            f"linear: input of shape {tuple(input.shape)} does not fit weight of shape "
+            f"{op}: input of shape {tuple(input.shape)} does not fit weight of shape "
             f"{tuple(weight.shape)}: the input's last dim must equal the weight's in_features"
         )
-    return Linear.call(input, weight, bias)
 
 
 def sum(input: Tensor, dim: Dims = None, keepdim: bool = False) -> Tensor:

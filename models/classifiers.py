@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 import custom_ops
+from custom_ops.fused import check_learning_rate
 
 from .layers import Linear, make_activation
 
@@ -35,6 +36,17 @@ class Classifier(nn.Module):
     def predict(self, logits: Tensor) -> Tensor:
         """The class index each row of logits scores highest."""
         return logits.argmax(dim=-1)
+
+    def fuse_sgd(self, lr: float | None) -> None:
+        """lr: from now on every backward also takes plain SGD's step (no momentum, no
+        weight decay) on every Linear layer, fused into its weight-gradient product,
+        and no parameter gets a .grad: `loss.backward()` is the whole update. None:
+        back to plain gradients for an optimizer. See custom_ops.fused."""
+        if lr is not None:
+            check_learning_rate(lr)
+        for layer in self.modules():
+            if isinstance(layer, Linear):
+                layer.fused_sgd_lr = lr
 
     def initialize(self, init: str) -> None:
         """'random': nn.Linear's initialization (the constructor's); 'zero': every weight

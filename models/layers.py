@@ -32,6 +32,9 @@ class Linear(nn.Module):
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.fused_sgd_lr: float | None = None
+        """When set, backward takes plain SGD's step on W and b itself, with this
+        learning rate, and leaves no .grad (custom_ops.fused_linear_sgd)."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -51,6 +54,8 @@ class Linear(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused_sgd_lr is not None and torch.is_grad_enabled():
+            return custom_ops.fused_linear_sgd(x, self.weight, self.bias, self.fused_sgd_lr)
         return custom_ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,150 @@
+"""custom_ops.fused_linear_sgd and MLP.fuse_sgd: a linear layer whose backward takes
+plain SGD's step itself. Checked against F.linear's gradients and torch.optim.SGD."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import custom_ops
+from models import build_classifier
+
+LR = 0.1
+
+
+def leaf(*shape: int, dtype=torch.float64, requires_grad: bool = True) -> torch.Tensor:
+    return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
+
+
+def reference_step(x, weight, bias, g, lr):
+    """F.linear's dL/dx, and W, b after torch.optim.SGD's step on F.linear's dL/dW, dL/db."""
+    x, weight = x.detach().clone().requires_grad_(x.requires_grad), weight.detach().clone().requires_grad_()
+    bias = None if bias is None else bias.detach().clone().requires_grad_()
+    F.linear(x, weight, bias).backward(g)
+    params = [weight] if bias is None else [weight, bias]
+    torch.optim.SGD(params, lr=lr).step()
+    return x.grad, weight.detach(), None if bias is None else bias.detach()
+
+
+@pytest.mark.parametrize(
+    "x_shape", [(5, 4), (2, 5, 4), (4,), (0, 4)], ids=["matrix", "batched", "1-D", "empty batch"]
+)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no bias"])
+def test_value_input_gradient_and_step_match_linear_and_sgd(x_shape, with_bias):
+    torch.manual_seed(0)
+    x, weight = leaf(*x_shape), leaf(3, 4)
+    bias = leaf(3) if with_bias else None
+    g = torch.randn(*x_shape[:-1], 3, dtype=torch.float64)
+    dx_ref, weight_ref, bias_ref = reference_step(x, weight, bias, g, LR)
+
+    y = custom_ops.fused_linear_sgd(x, weight, bias, LR)
+    torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=0, atol=0)
+    y.backward(g)
+
+    torch.testing.assert_close(x.grad, dx_ref, rtol=1e-12, atol=1e-12)  # with W as forward saw it
+    torch.testing.assert_close(weight.detach(), weight_ref, rtol=1e-12, atol=1e-12)
+    assert weight.grad is None
+    if with_bias:
+        torch.testing.assert_close(bias.detach(), bias_ref, rtol=1e-12, atol=1e-12)
+        assert bias.grad is None
+
+
+def test_input_gradient_passes_gradcheck():
+    # lr = 0 takes no step, so gradcheck's repeated backward calls over one graph all
+    # see the same W (a step would bump W's version and autograd would refuse them)
+    torch.manual_seed(0)
+    weight, bias = leaf(3, 4), leaf(3)
+    assert torch.autograd.gradcheck(lambda x: custom_ops.fused_linear_sgd(x, weight, bias, 0.0), (leaf(5, 4),))
+
+
+def test_frozen_parameters_do_not_move():
+    torch.manual_seed(0)
+    x, weight, bias = leaf(5, 4), leaf(3, 4, requires_grad=False), leaf(3)
+    weight_before = weight.clone()
+    g = torch.randn(5, 3, dtype=torch.float64)
+    _, _, bias_ref = reference_step(x, weight, bias, g, LR)
+    custom_ops.fused_linear_sgd(x, weight, bias, LR).backward(g)
+    assert torch.equal(weight, weight_before)
+    torch.testing.assert_close(bias.detach(), bias_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_is_refused():
+    x, weight = leaf(5, 4), leaf(3, 4)
+    y = custom_ops.fused_linear_sgd(x, weight, None, LR).sum()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
+def test_a_second_backward_finds_the_weight_changed():
+    # the step changed W in place: autograd's version check refuses a second pass
+    x, weight = leaf(5, 4), leaf(3, 4)
+    y = custom_ops.fused_linear_sgd(x, weight, None, LR).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_bad_learning_rate_is_refused(lr):
+    with pytest.raises(ValueError, match="learning rate"):
+        custom_ops.fused_linear_sgd(leaf(5, 4), leaf(3, 4), None, lr)
+    with pytest.raises(ValueError, match="learning rate"):
+        build_classifier("mlp", 4, 3, (8,), "relu").fuse_sgd(lr)
+
+
+def test_computed_weight_and_bad_shapes_are_refused():
+    weight = leaf(3, 4)
+    with pytest.raises(ValueError, match="not a leaf"):
+        custom_ops.fused_linear_sgd(leaf(5, 4), weight * 2, None, LR)
+    with pytest.raises(ValueError, match=r"input of shape \(5, 3\) does not fit weight of shape \(3, 4\)"):
+        custom_ops.fused_linear_sgd(leaf(5, 3), weight, None, LR)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation):
+    torch.manual_seed(0)
+    fused = build_classifier("mlp", 8, 3, (16, 16), activation).double()
+    plain = copy.deepcopy(fused)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=LR)
+    fused.fuse_sgd(LR)
+    x, y = torch.randn(20, 8, dtype=torch.float64), torch.randint(0, 3, (20,))
+    for _ in range(5):
+        fused.loss(fused(x), y).backward()
+        optimizer.zero_grad(set_to_none=True)
+        plain.loss(plain(x), y).backward()
+        optimizer.step()
+    for p_fused, p_plain in zip(fused.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p_fused, p_plain, rtol=1e-12, atol=1e-12)
+        assert p_fused.grad is None
+
+    with torch.no_grad():  # evaluation takes the plain linear: no graph, no step
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-12, atol=1e-12)
+    fused.fuse_sgd(None)  # back to gradients for an optimizer
+    fused.loss(fused(x), y).backward()
+    assert all(p.grad is not None for p in fused.parameters())
+
+
+def test_under_bfloat16_autocast_the_step_stays_close_to_float32():
+    torch.manual_seed(0)
+    fused = build_classifier("mlp", 8, 3, (16,), "relu")
+    plain = copy.deepcopy(fused)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    fused.fuse_sgd(LR)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fused.loss(fused(x), y)
+    loss.backward()
+    optimizer = torch.optim.SGD(plain.parameters(), lr=LR)
+    plain.loss(plain(x), y).backward()
+    optimizer.step()
+    for p_fused, p_plain in zip(fused.parameters(), plain.parameters(), strict=True):
+        assert p_fused.dtype == torch.float32
+        torch.testing.assert_close(p_fused, p_plain, rtol=2e-2, atol=2e-3)
+
+
+def test_transforms_are_refused_with_a_clear_error():
+    weight = leaf(3, 4)
+    with pytest.raises(RuntimeError, match="eager mode only"):
+        torch.func.vmap(lambda x: custom_ops.fused_linear_sgd(x, weight, None, LR))(leaf(2, 5, 4))
