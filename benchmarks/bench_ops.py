@@ -9,6 +9,7 @@ side by side in this one process.
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import compare, compare_many, header, parser, print_table, setup, write_json  # noqa: E402
+from benchmarks.common import compare, header, paired_ratio, parser, print_table, setup, time_rounds, write_json  # noqa: E402
 import custom_ops  # noqa: E402
 from custom_ops.registry import OP_DB  # noqa: E402
 
@@ -94,9 +95,8 @@ def overhead_breakdown(device: torch.device, repeats: int) -> list[list[object]]
                 ("custom_ops.sigmoid", custom_ops.sigmoid)]  # fmt: skip
     x = torch.randn(64, 64, device=device)
     runs = [forward_and_backward(fn, (x,), {})[1] for _, fn in variants]
-    times = compare_many(runs, device, repeats)
-    rows = [[name, t * 1e6, t / times[0]] for (name, _), t in zip(variants, times)]
-    return rows
+    times = time_rounds(runs, device, repeats)
+    return [[name, statistics.median(t) * 1e6, paired_ratio(t, times[0])] for (name, _), t in zip(variants, times)]
 
 
 def main() -> None:
@@ -115,13 +115,14 @@ def main() -> None:
             a, kw = inputs(info.name, *size, device)
             fwd_c, both_c = forward_and_backward(info.op, a, kw)
             fwd_n, both_n = forward_and_backward(info.reference, a, kw)
-            f_c, f_n = compare(fwd_c, fwd_n, device, args.repeats)
-            b_c, b_n = compare(both_c, both_n, device, args.repeats)
+            f_c, f_n, f_ratio = compare(fwd_c, fwd_n, device, args.repeats)
+            b_c, b_n, b_ratio = compare(both_c, both_n, device, args.repeats)
             shape = "x".join(map(str, size))
-            rows.append([info.name, shape, f_c * 1e6, f_n * 1e6, f_c / f_n, b_c * 1e6, b_n * 1e6, b_c / b_n])
+            rows.append([info.name, shape, f_c * 1e6, f_n * 1e6, f_ratio, b_c * 1e6, b_n * 1e6, b_ratio])
             results.append(dict(op=info.name, size=shape, forward_custom_s=f_c, forward_native_s=f_n,
-                                fwd_bwd_custom_s=b_c, fwd_bwd_native_s=b_n))  # fmt: skip
-            print(f"  {info.name} {shape}: fwd {f_c / f_n:.2f}x  fwd+bwd {b_c / b_n:.2f}x", file=sys.stderr)
+                                fwd_bwd_custom_s=b_c, fwd_bwd_native_s=b_n, forward_ratio=f_ratio,
+                                fwd_bwd_ratio=b_ratio))  # fmt: skip
+            print(f"  {info.name} {shape}: fwd {f_ratio:.2f}x  fwd+bwd {b_ratio:.2f}x", file=sys.stderr)
     columns = ["op", "size", "fwd custom µs", "fwd torch µs", "fwd ratio", "fwd+bwd custom µs", "fwd+bwd torch µs",
                "fwd+bwd ratio"]  # fmt: skip
     print_table("custom / native, float32", columns, rows)

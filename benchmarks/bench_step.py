@@ -4,7 +4,10 @@ Models: an MLP 784→1024→1024→10 at batch 256 (ReLU and sigmoid), built fro
 (`models.MLP`) and the same model written with nn.Linear / torch activations /
 F.cross_entropy, loaded with the same weights. Also the "physical floor": only the
 matrix products the step needs (forward x·Wᵀ, backward gᵀ·x and g·W per layer), back to
-back, and the ratio step / floor. Memory: bytes saved for backward per step (summed per
+back, and the ratio step / floor. A second native model, timed in the same rounds, gives
+native / native: how far apart two identical steps measure on this machine. And the
+custom model with SGD fused into backward (`MLP.fuse_sgd`: each weight's update is one
+`addmm_` into W, no .grad, no optimizer pass). Memory: bytes saved for backward per step (summed per
 save, and each storage once), and peak memory (process RSS on CPU, in a fresh child
 process per variant; torch.cuda.max_memory_allocated on CUDA). With --compile, the same
 steps under torch.compile (custom with fullgraph=True), with compile times.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +31,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import compare, header, parser, print_table, setup, synchronize, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    compare,
+    header,
+    paired_ratio,
+    parser,
+    print_table,
+    setup,
+    synchronize,
+    time_rounds,
+    write_json,
+)
 from models import MLP  # noqa: E402
 
 NATIVE_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -73,8 +87,11 @@ def build_pair(config: Config, device: torch.device) -> tuple[nn.Module, nn.Modu
     return custom, native
 
 
+LR = 1e-3
+
+
 def make_step(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, compile_: bool = False):
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
 
     def loss_of(x, y):
         return loss_fn(model(x), y)
@@ -86,6 +103,18 @@ def make_step(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, compi
         loss = forward(x, y)
         loss.backward()
         optimizer.step()
+        return loss
+
+    return step
+
+
+def make_fused_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
+    """The same SGD step with the update fused into backward: no optimizer, no .grad."""
+    model.fuse_sgd(LR)
+
+    def step():
+        loss = model.loss(model(x), y)
+        loss.backward()
         return loss
 
     return step
@@ -133,9 +162,9 @@ def _peak_in_child(config: Config, which: str, device: str, threads: int, queue)
     custom, native = build_pair(config, dev)
     x = torch.randn(config.batch, config.in_features, device=dev)
     y = torch.randint(config.num_classes, (config.batch,), device=dev)
-    model, loss = (custom, custom.loss) if which == "custom" else (native, F.cross_entropy)
+    model, loss = (native, F.cross_entropy) if which == "native" else (custom, custom.loss)
     del custom, native
-    step = make_step(model, loss, x, y)
+    step = make_fused_step(model, x, y) if which == "fused" else make_step(model, loss, x, y)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(5):
@@ -167,7 +196,7 @@ def main() -> None:
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
-    time_rows, memory_rows, compile_rows, results = [], [], [], []
+    time_rows, fused_rows, memory_rows, compile_rows, results = [], [], [], [], []
     mib = 1 / 2**20
     for config in configs:
         custom, native = build_pair(config, device)
@@ -175,19 +204,31 @@ def main() -> None:
         y = torch.randint(config.num_classes, (config.batch,), device=device)
         custom_step = make_step(custom, custom.loss, x, y)
         native_step = make_step(native, F.cross_entropy, x, y)
-        t_custom, t_native = compare(custom_step, native_step, device, args.repeats)
-        t_floor, _ = compare(floor_step(config, device), floor_step(config, device), device, args.repeats)
-        time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, t_custom / t_native,
-                          t_floor * 1e3, t_custom / t_floor, t_native / t_floor])  # fmt: skip
+        fused, native_again = build_pair(config, device)
+        fused_step = make_fused_step(fused, x, y)
+        native_again_step = make_step(native_again, F.cross_entropy, x, y)
+        # all five in the same rounds; every ratio is a median of per-round ratios
+        rounds = time_rounds([custom_step, native_step, native_again_step, floor_step(config, device), fused_step],
+                             device, args.repeats)  # fmt: skip
+        t_custom, t_native, t_again, t_floor, t_fused = (statistics.median(t) for t in rounds)
+        c_n, a_n, c_f, n_f, fu_n, fu_f = (paired_ratio(rounds[a], rounds[b])
+                                          for a, b in ((0, 1), (2, 1), (0, 3), (1, 3), (4, 1), (4, 3)))  # fmt: skip
+        time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, c_n, a_n, t_floor * 1e3, c_f,
+                          n_f])  # fmt: skip
+        fused_rows.append([config.name, config.batch, t_fused * 1e3, t_native * 1e3, fu_n, t_floor * 1e3, fu_f])
         sum_c, unique_c = saved_bytes(custom_step)
         sum_n, unique_n = saved_bytes(native_step)
         peak_c = peak_memory(config, "custom", device, args.threads)
         peak_n = peak_memory(config, "native", device, args.threads)
+        peak_f = peak_memory(config, "fused", device, args.threads)
         memory_rows.append([config.name, sum_c * mib, sum_n * mib, unique_c * mib, unique_n * mib, unique_c / unique_n,
-                            peak_c * mib, peak_n * mib, peak_c / peak_n])  # fmt: skip
+                            peak_c * mib, peak_n * mib, peak_c / peak_n, peak_f * mib])  # fmt: skip
         result = dict(config=config.name, batch=config.batch, step_custom_s=t_custom, step_native_s=t_native,
-                      floor_s=t_floor, saved_sum_custom=sum_c, saved_sum_native=sum_n, saved_unique_custom=unique_c,
-                      saved_unique_native=unique_n, peak_custom=peak_c, peak_native=peak_n)  # fmt: skip
+                      step_native_again_s=t_again, floor_s=t_floor, step_fused_s=t_fused, custom_over_native=c_n,
+                      native_over_native=a_n, custom_over_floor=c_f, native_over_floor=n_f, fused_over_native=fu_n,
+                      fused_over_floor=fu_f, saved_sum_custom=sum_c, saved_sum_native=sum_n,
+                      saved_unique_custom=unique_c, saved_unique_native=unique_n, peak_custom=peak_c,
+                      peak_native=peak_n, peak_fused=peak_f)  # fmt: skip
         if args.compile:
             torch._dynamo.reset()
             compiled = []
@@ -198,18 +239,22 @@ def main() -> None:
                 synchronize(device)
                 compiled.append((step, time.perf_counter() - t0))
             (c_step, c_compile), (n_step, n_compile) = compiled
-            tc, tn = compare(c_step, n_step, device, args.repeats)
-            compile_rows.append([config.name, c_compile, n_compile, tc * 1e3, tn * 1e3, tc / tn, tc / t_custom])
+            tc, tn, ratio = compare(c_step, n_step, device, args.repeats)
+            compile_rows.append([config.name, c_compile, n_compile, tc * 1e3, tn * 1e3, ratio, tc / t_custom])
             result.update(compiled_custom_s=tc, compiled_native_s=tn, compile_time_custom_s=c_compile,
                           compile_time_native_s=n_compile)  # fmt: skip
         results.append(result)
         print(f"  done: {config.name}", file=sys.stderr)
-    print_table("step time (ms), custom / native and against the GEMM floor",
-                ["model", "batch", "custom", "native", "custom/native", "GEMM floor", "custom/floor", "native/floor"],
-                time_rows)  # fmt: skip
+    print_table("step time (ms), custom / native and against the GEMM floor (ratios: medians of per-round ratios)",
+                ["model", "batch", "custom", "native", "custom/native", "native/native (A/A)", "GEMM floor",
+                 "custom/floor", "native/floor"], time_rows)  # fmt: skip
+    print_table("custom with SGD fused into backward (MLP.fuse_sgd): step time (ms), same rounds",
+                ["model", "batch", "fused", "native", "fused/native", "GEMM floor", "fused/floor"],
+                fused_rows)  # fmt: skip
     print_table("memory (MiB): saved for backward per step, and peak",
                 ["model", "saved sum custom", "saved sum native", "saved unique custom", "saved unique native",
-                 "unique custom/native", "peak custom", "peak native", "peak custom/native"], memory_rows)  # fmt: skip
+                 "unique custom/native", "peak custom", "peak native", "peak custom/native", "peak fused"],
+                memory_rows)  # fmt: skip
     if compile_rows:
         print_table("torch.compile (custom with fullgraph=True): compile time (s) and step time (ms)",
                     ["model", "compile custom s", "compile native s", "custom", "native", "custom/native",

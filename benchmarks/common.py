@@ -60,27 +60,42 @@ def time_per_call(fn: Callable[[], object], device: torch.device, min_seconds: f
         n *= 2
 
 
-def compare(
-    a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int
-) -> tuple[float, float]:
-    """Median seconds per call of a and of b, timed in alternating rounds."""
-    t_a, t_b = compare_many([a, b], device, repeats)
-    return t_a, t_b
-
-
-def compare_many(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[float]:
-    """Median seconds per call of each fn, all timed in the same rounds, one after another."""
+def time_rounds(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[list[float]]:
+    """Seconds per call of each fn in each of `repeats` rounds. A round times every fn
+    once (the same number of calls each), starting at a different fn each round, so
+    no fn always runs first or always follows the same one."""
     n = max(time_per_call(fn, device)[0] for fn in fns)
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, fn_times in zip(fns, times):
+    for round_ in range(repeats):
+        for i in (j % len(fns) for j in range(round_, round_ + len(fns))):
             synchronize(device)
             t0 = time.perf_counter()
             for _ in range(n):
-                fn()
+                fns[i]()
             synchronize(device)
-            fn_times.append((time.perf_counter() - t0) / n)
-    return [statistics.median(t) for t in times]
+            times[i].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def paired_ratio(times_a: list[float], times_b: list[float]) -> float:
+    """Median over rounds of a's time / b's time in the same round. A slow spell of
+    the machine (this VM's step times spread by ±15 %) slows both sides of a round and
+    cancels in their ratio; a ratio of two medians would keep it."""
+    return statistics.median(a / b for a, b in zip(times_a, times_b, strict=True))
+
+
+def compare_many(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[float]:
+    """Median seconds per call of each fn, all timed in the same rounds."""
+    return [statistics.median(t) for t in time_rounds(fns, device, repeats)]
+
+
+def compare(
+    a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int
+) -> tuple[float, float, float]:
+    """Median seconds per call of a and of b, timed in alternating rounds, and the
+    median of their per-round ratio a / b (`paired_ratio`)."""
+    t_a, t_b = time_rounds([a, b], device, repeats)
+    return statistics.median(t_a), statistics.median(t_b), paired_ratio(t_a, t_b)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
