@@ -8,8 +8,10 @@ back, and the ratio step / floor. A second native model, timed in the same round
 native / native: how far apart two identical steps measure on this machine. And the
 custom model with SGD fused into backward (`MLP.fuse_sgd`: each weight's update is one
 `addmm_` into W, no .grad, no optimizer pass). Memory: bytes saved for backward per step (summed per
-save, and each storage once), and peak memory (process RSS on CPU, in a fresh child
-process per variant; torch.cuda.max_memory_allocated on CUDA). With --compile, the same
+save, and each storage once), and the peak memory five steps add over what the process
+held before them, in a fresh child process per variant (on the CPU the kernel's resident
+high-water mark, VmHWM, reset before the steps: Linux only; on CUDA torch.cuda's
+allocator statistics). With --compile, the same
 steps under torch.compile (custom with fullgraph=True), with compile times.
 
     python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--json out.json]
@@ -18,7 +20,7 @@ steps under torch.compile (custom with fullgraph=True), with compile times.
 from __future__ import annotations
 
 import multiprocessing
-import resource
+import re
 import statistics
 import sys
 import time
@@ -147,6 +149,62 @@ def floor_step(config: Config, device: torch.device):
     return step
 
 
+class CloneFunction(torch.autograd.Function):
+    """y = x.clone(), dL/dx = g: torch's own clone, wrapped in the least a custom
+    Function can be, so that against `Tensor.clone` it costs only the machinery."""
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def function_call_cost(config: Config, device: torch.device, repeats: int) -> list[list[object]]:
+    """One clone of the logits, forward and backward, as torch's clone and as
+    CloneFunction (the difference is the custom-Function machinery alone): timed back to
+    back ("warm"), and with one of the step's matrix products run, untimed, before the
+    forward and again before the backward, as in a step ("after a matrix product")."""
+    clone_function = super(torch.autograd.Function, CloneFunction).apply  # C++ apply, as custom_ops calls it
+    hidden = config.hidden[-1]
+    a = torch.randn(config.batch, hidden, device=device)
+    b = torch.randn(hidden, hidden, device=device)
+    logits = torch.randn(config.batch, config.num_classes, device=device, requires_grad=True)
+
+    def seconds(clone, evict: bool) -> float:
+        if evict:
+            torch.mm(a, b)
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = clone(logits).sum()
+        synchronize(device)
+        elapsed = time.perf_counter() - t0
+        if evict:
+            torch.mm(a, b)
+        synchronize(device)
+        t0 = time.perf_counter()
+        out.backward()
+        synchronize(device)
+        return elapsed + time.perf_counter() - t0
+
+    rows = []
+    for where, evict in (("warm (back to back)", False), ("after a matrix product", True)):
+        times: dict[object, list[float]] = {torch.clone: [], clone_function: []}
+        for _ in range(max(repeats, 25) * 4):
+            for clone, t in times.items():
+                t.append(seconds(clone, evict))
+        plain, wrapped = (statistics.median(t) * 1e6 for t in times.values())
+        added = statistics.median(w - p for w, p in zip(times[clone_function], times[torch.clone])) * 1e6
+        rows.append([where, plain, wrapped, added])
+    return rows
+
+
 def saved_bytes(step) -> tuple[int, int]:
     """Bytes autograd saves for backward in one step: summed per save, and per storage."""
     saved = []
@@ -156,7 +214,16 @@ def saved_bytes(step) -> tuple[int, int]:
     return sum(t.untyped_storage().nbytes() for t in saved), sum(n for _, n in storages)
 
 
+def _resident_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    assert match, f"/proc/self/status has no {field}"
+    return int(match.group(1))
+
+
 def _peak_in_child(config: Config, which: str, device: str, threads: int, queue) -> None:
+    """Memory five steps add at their peak over what the process held before them
+    (model, data, torch itself): on CUDA from torch.cuda's allocator statistics, on the
+    CPU from the kernel's resident high-water mark (VmHWM), reset just before the steps."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     custom, native = build_pair(config, dev)
@@ -166,26 +233,34 @@ def _peak_in_child(config: Config, which: str, device: str, threads: int, queue)
     del custom, native
     step = make_fused_step(model, x, y) if which == "fused" else make_step(model, loss, x, y)
     if dev.type == "cuda":
+        synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+    elif not Path("/proc/self/clear_refs").exists():  # not Linux: no resettable high-water mark
+        queue.put(float("nan"))
+        return
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
+        before = _resident_kib("VmRSS") * 1024
     for _ in range(5):
         step()
     synchronize(dev)
-    peak = (
-        torch.cuda.max_memory_allocated(dev)
-        if dev.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
-    queue.put(peak)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _resident_kib("VmHWM") * 1024
+    queue.put(peak - before)
 
 
-def peak_memory(config: Config, which: str, device: torch.device, threads: int) -> int:
+def peak_memory(config: Config, which: str, device: torch.device, threads: int, children: int = 3) -> float:
+    """Median over `children` fresh processes: on the CPU the resident peak depends on
+    what malloc happens to keep, and moves by a few MiB from one process to the next."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_peak_in_child, args=(config, which, str(device), threads, queue))
-    child.start()
-    peak = queue.get(timeout=600)
-    child.join()
-    return peak
+    peaks = []
+    for _ in range(children):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_peak_in_child, args=(config, which, str(device), threads, queue))
+        child.start()
+        peaks.append(queue.get(timeout=600))
+        child.join()
+    return statistics.median(peaks)
 
 
 def main() -> None:
@@ -197,6 +272,7 @@ def main() -> None:
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
     time_rows, fused_rows, memory_rows, compile_rows, results = [], [], [], [], []
+    call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
         custom, native = build_pair(config, device)
@@ -222,7 +298,7 @@ def main() -> None:
         peak_n = peak_memory(config, "native", device, args.threads)
         peak_f = peak_memory(config, "fused", device, args.threads)
         memory_rows.append([config.name, sum_c * mib, sum_n * mib, unique_c * mib, unique_n * mib, unique_c / unique_n,
-                            peak_c * mib, peak_n * mib, peak_c / peak_n, peak_f * mib])  # fmt: skip
+                            peak_c * mib, peak_n * mib, peak_c / peak_n, peak_f * mib, peak_f / peak_n])  # fmt: skip
         result = dict(config=config.name, batch=config.batch, step_custom_s=t_custom, step_native_s=t_native,
                       step_native_again_s=t_again, floor_s=t_floor, step_fused_s=t_fused, custom_over_native=c_n,
                       native_over_native=a_n, custom_over_floor=c_f, native_over_floor=n_f, fused_over_native=fu_n,
@@ -251,15 +327,20 @@ def main() -> None:
     print_table("custom with SGD fused into backward (MLP.fuse_sgd): step time (ms), same rounds",
                 ["model", "batch", "fused", "native", "fused/native", "GEMM floor", "fused/floor"],
                 fused_rows)  # fmt: skip
-    print_table("memory (MiB): saved for backward per step, and peak",
+    print_table(f"one custom Function call, forward + backward (µs): a clone of the logits ({CONFIGS[0].batch}, "
+                f"{CONFIGS[0].num_classes}), as torch's clone and as a bare custom Function",
+                ["when", "torch clone", "custom Function", "added (median per call)"], call_rows)  # fmt: skip
+    print_table("memory (MiB): saved for backward per step, and the peak five steps add",
                 ["model", "saved sum custom", "saved sum native", "saved unique custom", "saved unique native",
-                 "unique custom/native", "peak custom", "peak native", "peak custom/native", "peak fused"],
+                 "unique custom/native", "peak custom", "peak native", "peak custom/native", "peak fused",
+                 "peak fused/native"],
                 memory_rows)  # fmt: skip
     if compile_rows:
         print_table("torch.compile (custom with fullgraph=True): compile time (s) and step time (ms)",
                     ["model", "compile custom s", "compile native s", "custom", "native", "custom/native",
                      "compiled/eager custom"], compile_rows)  # fmt: skip
-    write_json(args.json, {"header": header(args, device), "results": results})
+    write_json(args.json, {"header": header(args, device), "results": results,
+                           "function_call_added_us": {row[0]: row[3] for row in call_rows}})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def time_per_call(fn: Callable[[], object], device: torch.device, min_seconds: f
 
 def time_rounds(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[list[float]]:
     """Seconds per call of each fn in each of `repeats` rounds. A round times every fn
-    once (the same number of calls each), starting at a different fn each round, so
-    no fn always runs first or always follows the same one."""
+    once (the same number of calls each: as many as the fastest fn needs to fill 20 ms,
+    so time fns of like cost together), starting at a different fn each round, so no fn
+    always runs first or always follows the same one."""
     n = max(time_per_call(fn, device)[0] for fn in fns)
     times: list[list[float]] = [[] for _ in fns]
     for round_ in range(repeats):

@@ -4,9 +4,13 @@ are never asserted)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +27,39 @@ def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) 
     assert variants == ["torch.sigmoid", "bare autograd.Function, same kernels", "custom_ops.sigmoid"]
     assert payload["overhead_breakdown"][0]["ratio_to_torch"] == 1.0
     assert "where 64x64 sigmoid forward + backward time goes" in done.stdout
+
+
+def test_rounds_rotate_and_ratios_are_paired_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "time_per_call", lambda fn, device: (2, 0.0))  # 2 calls a round, no warm-up
+    calls: list[str] = []
+    fns = [lambda name=name: calls.append(name) for name in "abc"]
+    times = common.time_rounds(fns, torch.device("cpu"), repeats=3)
+    assert [len(t) for t in times] == [3, 3, 3]
+    rounds = ["".join(calls[i : i + 6]) for i in range(0, len(calls), 6)]
+    assert rounds == ["aabbcc", "bbccaa", "ccaabb"]  # each round starts at the next fn
+
+    # the median of the per-round ratios (1, 4, 2.25), not the ratio of medians (4 / 1)
+    a, b = [1.0, 4.0, 9.0], [1.0, 1.0, 4.0]
+    assert common.paired_ratio(a, b) == 2.25
+    with pytest.raises(ValueError):
+        common.paired_ratio(a, b[:2])  # rounds must pair up
+
+
+def test_bench_step_parts_run_on_a_tiny_model() -> None:
+    from benchmarks import bench_step
+
+    cpu = torch.device("cpu")
+    config = bench_step.Config("tiny", 8, (16,), 3, 4, "relu")
+    rows = bench_step.function_call_cost(config, cpu, repeats=1)
+    assert [row[0] for row in rows] == ["warm (back to back)", "after a matrix product"]
+    assert all(row[1] > 0 and row[2] > 0 for row in rows)
+
+    custom, _ = bench_step.build_pair(config, cpu)
+    before = [p.detach().clone() for p in custom.parameters()]
+    step = bench_step.make_fused_step(custom, torch.randn(4, 8), torch.randint(3, (4,)))
+    step()
+    assert all(p.grad is None and not torch.equal(p, q) for p, q in zip(custom.parameters(), before, strict=True))
+    peak = bench_step.peak_memory(config, "fused", cpu, threads=1, children=1)
+    assert peak >= 0 or math.isnan(peak)  # NaN where no resettable resident high-water mark exists
