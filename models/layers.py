@@ -59,7 +59,8 @@ class Linear(nn.Module):
         return custom_ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        fused = "" if self.fused_sgd_lr is None else f", fused_sgd_lr={self.fused_sgd_lr}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{fused}"
 
 
 class Sigmoid(nn.Module):

@@ -110,6 +110,7 @@ def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation):
     plain = copy.deepcopy(fused)
     optimizer = torch.optim.SGD(plain.parameters(), lr=LR)
     fused.fuse_sgd(LR)
+    assert repr(fused).count(f"fused_sgd_lr={LR}") == 3  # every Linear says it steps itself
     x, y = torch.randn(20, 8, dtype=torch.float64), torch.randint(0, 3, (20,))
     for _ in range(5):
         fused.loss(fused(x), y).backward()
@@ -123,6 +124,7 @@ def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation):
     with torch.no_grad():  # evaluation takes the plain linear: no graph, no step
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-12, atol=1e-12)
     fused.fuse_sgd(None)  # back to gradients for an optimizer
+    assert "fused_sgd_lr" not in repr(fused)
     fused.loss(fused(x), y).backward()
     assert all(p.grad is not None for p in fused.parameters())
 
