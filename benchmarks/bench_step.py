@@ -284,11 +284,13 @@ def main() -> None:
         fused_step = make_fused_step(fused, x, y)
         native_again_step = make_step(native_again, F.cross_entropy, x, y)
         # all five in the same rounds; every ratio is a median of per-round ratios
-        rounds = time_rounds([custom_step, native_step, native_again_step, floor_step(config, device), fused_step],
-                             device, args.repeats)  # fmt: skip
-        t_custom, t_native, t_again, t_floor, t_fused = (statistics.median(t) for t in rounds)
-        c_n, a_n, c_f, n_f, fu_n, fu_f = (paired_ratio(rounds[a], rounds[b])
-                                          for a, b in ((0, 1), (2, 1), (0, 3), (1, 3), (4, 1), (4, 3)))  # fmt: skip
+        r_custom, r_native, r_again, r_floor, r_fused = time_rounds(
+            [custom_step, native_step, native_again_step, floor_step(config, device), fused_step], device, args.repeats
+        )
+        t_custom, t_native, t_again, t_floor, t_fused = map(statistics.median, (r_custom, r_native, r_again, r_floor,
+                                                                                r_fused))  # fmt: skip
+        c_n, a_n, fu_n = (paired_ratio(r, r_native) for r in (r_custom, r_again, r_fused))
+        c_f, n_f, fu_f = (paired_ratio(r, r_floor) for r in (r_custom, r_native, r_fused))
         time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, c_n, a_n, t_floor * 1e3, c_f,
                           n_f])  # fmt: skip
         fused_rows.append([config.name, config.batch, t_fused * 1e3, t_native * 1e3, fu_n, t_floor * 1e3, fu_f])

@@ -4,7 +4,7 @@ Each op comes in two forms: the `torch.autograd.Function` class (`Sigmoid`) and 
 function with its torch twin's signature (`sigmoid(x)` ~ `torch.sigmoid(x)`).
 The op database in `custom_ops.registry` lists them all with their derivatives.
 
-One more function fuses a training step into an op: `fused_linear_sgd(x, W, b, lr)`
+One more function fuses a training step into an op: `fused_linear_sgd(x, W, b, *, lr)`
 is `linear(x, W, b)` whose backward also takes plain SGD's step on W and b in place
 (`LinearSGDStep`; see custom_ops.fused).
 """

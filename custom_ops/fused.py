@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .function import unbroadcast
 from .functional import check_linear_shapes
 
 
@@ -47,23 +48,22 @@ class LinearSGDStep(torch.autograd.Function):
                 "double backward (create_graph=True); use custom_ops.linear and an optimizer for that"
             )
         x, weight, bias = ctx.saved_tensors
-        need_dx, step_weight, step_bias, _ = ctx.needs_input_grad
-        step_weight, step_bias = step_weight and ctx.lr != 0, step_bias and ctx.lr != 0  # lr 0: no step to take
+        need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad  # (lr = 0: no step to take)
         g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
         dx = g @ weight if need_dx else None  # before W moves
-        g_rows = g.reshape(-1, g.shape[-1])  # every leading dim of x is a batch dim
-        if step_weight:
-            x_rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)
+        if need_dweight and ctx.lr:
+            # every leading dim of x is a batch dim: flatten them, one matrix product sums them
+            g_rows, x_rows = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1]).to(weight.dtype)
             weight.addmm_(g_rows.mT, x_rows, alpha=-ctx.lr)
-        if step_bias:
-            bias.add_(g_rows.sum(0), alpha=-ctx.lr)
+        if need_dbias and ctx.lr:
+            bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
         return dx, None, None, None
 
 
 _apply = super(torch.autograd.Function, LinearSGDStep).apply  # C++ apply: see function._dispatcher
 
 
-def fused_linear_sgd(input: Tensor, weight: Tensor, bias: Tensor | None, lr: float) -> Tensor:
+def fused_linear_sgd(input: Tensor, weight: Tensor, bias: Tensor | None = None, *, lr: float) -> Tensor:
     """`linear(input, weight, bias)` whose backward also takes `torch.optim.SGD(lr=lr)`'s
     step (no momentum, no weight decay) on `weight` and `bias`, each only if it requires
     grad, instead of accumulating their `.grad`. Eager mode only, one backward per

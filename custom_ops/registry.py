@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import elementwise as E
 from . import functional as C
+from . import fused as FU
 from . import linalg as L
 from . import losses as LS
 from . import reductions as R
@@ -195,3 +196,28 @@ OP_DB: list[OpInfo] = [
 ]  # fmt: skip
 
 OPS_BY_NAME: dict[str, OpInfo] = {info.name: info for info in OP_DB}
+
+
+# ---------------------------------------------------------------- fused training steps
+
+
+@dataclass(frozen=True)
+class FusedStepInfo:
+    """An op whose backward also takes an optimizer's step on its parameters (every
+    tensor argument after the first) and returns no gradient for them, so OP_DB's
+    checks, which compare every input's gradient, cannot apply: tests/test_fused.py
+    walks these rows instead (gradcheck of dL/dx, and the step against torch.optim.SGD
+    on the reference's gradients)."""
+
+    name: str
+    op: Callable  # the public function, custom_ops.<name>(*sample.args, lr=lr)
+    function: type[torch.autograd.Function]
+    reference: Callable  # the forward's torch twin
+    derivative: str
+    sample_inputs: SampleGen  # (x, *parameters), float64
+
+
+FUSED_DB: list[FusedStepInfo] = [
+    FusedStepInfo("fused_linear_sgd", FU.fused_linear_sgd, FU.LinearSGDStep, F.linear,
+                  "dx = g W; W ← W − lr gᵀx, b ← b − lr Σ_batch g", linear_samples),
+]  # fmt: skip

@@ -55,7 +55,7 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_sgd_lr is not None and torch.is_grad_enabled():
-            return custom_ops.fused_linear_sgd(x, self.weight, self.bias, self.fused_sgd_lr)
+            return custom_ops.fused_linear_sgd(x, self.weight, self.bias, lr=self.fused_sgd_lr)
         return custom_ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

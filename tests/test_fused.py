@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import custom_ops
+from custom_ops.registry import FUSED_DB
 from models import build_classifier
 
 LR = 0.1
@@ -19,45 +20,49 @@ def leaf(*shape: int, dtype=torch.float64, requires_grad: bool = True) -> torch.
     return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
 
 
-def reference_step(x, weight, bias, g, lr):
-    """F.linear's dL/dx, and W, b after torch.optim.SGD's step on F.linear's dL/dW, dL/db."""
-    x, weight = x.detach().clone().requires_grad_(x.requires_grad), weight.detach().clone().requires_grad_()
-    bias = None if bias is None else bias.detach().clone().requires_grad_()
-    F.linear(x, weight, bias).backward(g)
-    params = [weight] if bias is None else [weight, bias]
+def reference_step(reference, args, g, lr):
+    """The torch twin's dL/dx, and the parameters (every arg after x) after
+    torch.optim.SGD's step on the twin's gradients."""
+    x, *params = (a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+    reference(x, *params).backward(g)
     torch.optim.SGD(params, lr=lr).step()
-    return x.grad, weight.detach(), None if bias is None else bias.detach()
+    return x.grad, [p.detach() for p in params]
 
 
-@pytest.mark.parametrize(
-    "x_shape", [(5, 4), (2, 5, 4), (4,), (0, 4)], ids=["matrix", "batched", "1-D", "empty batch"]
-)
-@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no bias"])
-def test_value_input_gradient_and_step_match_linear_and_sgd(x_shape, with_bias):
-    torch.manual_seed(0)
-    x, weight = leaf(*x_shape), leaf(3, 4)
-    bias = leaf(3) if with_bias else None
-    g = torch.randn(*x_shape[:-1], 3, dtype=torch.float64)
-    dx_ref, weight_ref, bias_ref = reference_step(x, weight, bias, g, LR)
+CASES = [pytest.param(info, s, id=f"{info.name}-{i}") for info in FUSED_DB for i, s in enumerate(info.sample_inputs())]
 
-    y = custom_ops.fused_linear_sgd(x, weight, bias, LR)
-    torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=0, atol=0)
+
+@pytest.mark.parametrize("info, sample", CASES)
+def test_value_input_gradient_and_step_match_the_twin_and_sgd(info, sample):
+    x, *params = (a.detach().clone().requires_grad_() for a in sample.args)
+    expected = info.reference(x, *params)
+    g = torch.randn_like(expected)
+    dx_ref, params_ref = reference_step(info.reference, (x, *params), g, LR)
+
+    y = info.op(x, *params, lr=LR)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
     y.backward(g)
 
     torch.testing.assert_close(x.grad, dx_ref, rtol=1e-12, atol=1e-12)  # with W as forward saw it
-    torch.testing.assert_close(weight.detach(), weight_ref, rtol=1e-12, atol=1e-12)
-    assert weight.grad is None
-    if with_bias:
-        torch.testing.assert_close(bias.detach(), bias_ref, rtol=1e-12, atol=1e-12)
-        assert bias.grad is None
+    for param, param_ref in zip(params, params_ref, strict=True):
+        torch.testing.assert_close(param.detach(), param_ref, rtol=1e-12, atol=1e-12)
+        assert param.grad is None  # used, not accumulated
 
 
-def test_input_gradient_passes_gradcheck():
+@pytest.mark.parametrize("info, sample", CASES)
+def test_input_gradient_passes_gradcheck(info, sample):
     # lr = 0 takes no step, so gradcheck's repeated backward calls over one graph all
-    # see the same W (a step would bump W's version and autograd would refuse them)
-    torch.manual_seed(0)
-    weight, bias = leaf(3, 4), leaf(3)
-    assert torch.autograd.gradcheck(lambda x: custom_ops.fused_linear_sgd(x, weight, bias, 0.0), (leaf(5, 4),))
+    # see the same parameters (a step would bump their version and autograd would refuse)
+    x, *params = (a.detach().clone().requires_grad_() for a in sample.args)
+    assert torch.autograd.gradcheck(lambda x: info.op(x, *params, lr=0.0), (x,))
+
+
+def test_every_fused_function_is_in_the_database_with_its_derivative():
+    assert [info.name for info in FUSED_DB] == list(custom_ops.FUSED_STEPS)
+    for info in FUSED_DB:
+        assert info.op is getattr(custom_ops, info.name)
+        assert info.function is getattr(custom_ops, info.function.__name__)
+        assert "backward:" in info.function.__doc__ and "lr" in info.function.__doc__
 
 
 def test_frozen_parameters_do_not_move():
@@ -65,15 +70,15 @@ def test_frozen_parameters_do_not_move():
     x, weight, bias = leaf(5, 4), leaf(3, 4, requires_grad=False), leaf(3)
     weight_before = weight.clone()
     g = torch.randn(5, 3, dtype=torch.float64)
-    _, _, bias_ref = reference_step(x, weight, bias, g, LR)
-    custom_ops.fused_linear_sgd(x, weight, bias, LR).backward(g)
+    _, (_, bias_ref) = reference_step(F.linear, (x, weight, bias), g, LR)
+    custom_ops.fused_linear_sgd(x, weight, bias, lr=LR).backward(g)
     assert torch.equal(weight, weight_before)
     torch.testing.assert_close(bias.detach(), bias_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_double_backward_is_refused():
     x, weight = leaf(5, 4), leaf(3, 4)
-    y = custom_ops.fused_linear_sgd(x, weight, None, LR).sum()
+    y = custom_ops.fused_linear_sgd(x, weight, None, lr=LR).sum()
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(y, x, create_graph=True)
 
@@ -81,7 +86,7 @@ def test_double_backward_is_refused():
 def test_a_second_backward_finds_the_weight_changed():
     # the step changed W in place: autograd's version check refuses a second pass
     x, weight = leaf(5, 4), leaf(3, 4)
-    y = custom_ops.fused_linear_sgd(x, weight, None, LR).sum()
+    y = custom_ops.fused_linear_sgd(x, weight, None, lr=LR).sum()
     y.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
@@ -90,7 +95,7 @@ def test_a_second_backward_finds_the_weight_changed():
 @pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf"), True, "0.1"])
 def test_bad_learning_rate_is_refused(lr):
     with pytest.raises(ValueError, match="learning rate"):
-        custom_ops.fused_linear_sgd(leaf(5, 4), leaf(3, 4), None, lr)
+        custom_ops.fused_linear_sgd(leaf(5, 4), leaf(3, 4), None, lr=lr)
     with pytest.raises(ValueError, match="learning rate"):
         build_classifier("mlp", 4, 3, (8,), "relu").fuse_sgd(lr)
 
@@ -98,9 +103,9 @@ def test_bad_learning_rate_is_refused(lr):
 def test_computed_weight_and_bad_shapes_are_refused():
     weight = leaf(3, 4)
     with pytest.raises(ValueError, match="not a leaf"):
-        custom_ops.fused_linear_sgd(leaf(5, 4), weight * 2, None, LR)
+        custom_ops.fused_linear_sgd(leaf(5, 4), weight * 2, None, lr=LR)
     with pytest.raises(ValueError, match=r"input of shape \(5, 3\) does not fit weight of shape \(3, 4\)"):
-        custom_ops.fused_linear_sgd(leaf(5, 3), weight, None, LR)
+        custom_ops.fused_linear_sgd(leaf(5, 3), weight, None, lr=LR)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
@@ -149,4 +154,4 @@ def test_under_bfloat16_autocast_the_step_stays_close_to_float32():
 def test_transforms_are_refused_with_a_clear_error():
     weight = leaf(3, 4)
     with pytest.raises(RuntimeError, match="eager mode only"):
-        torch.func.vmap(lambda x: custom_ops.fused_linear_sgd(x, weight, None, LR))(leaf(2, 5, 4))
+        torch.func.vmap(lambda x: custom_ops.fused_linear_sgd(x, weight, None, lr=LR))(leaf(2, 5, 4))

@@ -9,7 +9,7 @@ import torch
 
 import custom_ops
 from custom_ops import testing as T
-from custom_ops.registry import OP_DB
+from custom_ops.registry import FUSED_DB, OP_DB
 
 CASES = [pytest.param(info, s, id=f"{info.name}-{i}") for info in OP_DB for i, s in enumerate(info.sample_inputs())]
 EXTREMES = [
@@ -183,6 +183,13 @@ def test_every_op_function_is_public():
 
     defined = {cls.__name__ for cls in subclasses(custom_ops.Op)}
     assert defined == set(custom_ops.CLASSES)
+    # and every other Function in the package is an op's compile twin or a fused step
+    # of FUSED_DB (tests/test_fused.py), so none escapes gradcheck
+    twins = {info.function.without_jvp for info in OP_DB}
+    fused = {info.function for info in FUSED_DB}
+    others = {cls for cls in subclasses(torch.autograd.Function)
+              if cls.__module__.startswith("custom_ops") and not issubclass(cls, custom_ops.Op)}  # fmt: skip
+    assert others == twins | fused
 
 
 def test_readme_table_lists_every_op_with_its_derivative():
