@@ -251,10 +251,11 @@ def _peak_in_child(config: Config, which: str, device: str, threads: int, queue)
 
 def peak_memory(config: Config, which: str, device: torch.device, threads: int, children: int = 3) -> float:
     """Median over `children` fresh processes: on the CPU the resident peak depends on
-    what malloc happens to keep, and moves by a few MiB from one process to the next."""
+    what malloc happens to keep, and moves by a few MiB from one process to the next.
+    torch.cuda's allocator counts exactly, so on CUDA one process is enough."""
     ctx = multiprocessing.get_context("spawn")
     peaks = []
-    for _ in range(children):
+    for _ in range(1 if device.type == "cuda" else children):
         queue = ctx.Queue()
         child = ctx.Process(target=_peak_in_child, args=(config, which, str(device), threads, queue))
         child.start()
@@ -271,7 +272,7 @@ def main() -> None:
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
-    time_rows, fused_rows, memory_rows, compile_rows, results = [], [], [], [], []
+    time_rows, fused_rows, memory_rows, compile_rows, results, eager = [], [], [], [], [], []
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
@@ -307,21 +308,8 @@ def main() -> None:
                       fused_over_floor=fu_f, saved_sum_custom=sum_c, saved_sum_native=sum_n,
                       saved_unique_custom=unique_c, saved_unique_native=unique_n, peak_custom=peak_c,
                       peak_native=peak_n, peak_fused=peak_f)  # fmt: skip
-        if args.compile:
-            torch._dynamo.reset()
-            compiled = []
-            for model, loss in ((custom, custom.loss), (native, F.cross_entropy)):
-                step = make_step(model, loss, x, y, compile_=True)
-                t0 = time.perf_counter()
-                step()
-                synchronize(device)
-                compiled.append((step, time.perf_counter() - t0))
-            (c_step, c_compile), (n_step, n_compile) = compiled
-            tc, tn, ratio = compare(c_step, n_step, device, args.repeats)
-            compile_rows.append([config.name, c_compile, n_compile, tc * 1e3, tn * 1e3, ratio, tc / t_custom])
-            result.update(compiled_custom_s=tc, compiled_native_s=tn, compile_time_custom_s=c_compile,
-                          compile_time_native_s=n_compile)  # fmt: skip
         results.append(result)
+        eager.append((config, custom, native, x, y, t_custom))
         print(f"  done: {config.name}", file=sys.stderr)
     print_table("step time (ms), custom / native and against the GEMM floor (ratios: medians of per-round ratios)",
                 ["model", "batch", "custom", "native", "custom/native", "native/native (A/A)", "GEMM floor",
@@ -337,12 +325,30 @@ def main() -> None:
                  "unique custom/native", "peak custom", "peak native", "peak custom/native", "peak fused",
                  "peak fused/native"],
                 memory_rows)  # fmt: skip
-    if compile_rows:
-        print_table("torch.compile (custom with fullgraph=True): compile time (s) and step time (ms)",
-                    ["model", "compile custom s", "compile native s", "custom", "native", "custom/native",
-                     "compiled/eager custom"], compile_rows)  # fmt: skip
-    write_json(args.json, {"header": header(args, device), "results": results,
-                           "function_call_added_us": {row[0]: row[3] for row in call_rows}})  # fmt: skip
+    payload = {"header": header(args, device), "results": results,
+               "function_call_added_us": {row[0]: row[3] for row in call_rows}}  # fmt: skip
+    write_json(args.json, payload)  # the eager tables are kept should compiling fail or run long
+    if not args.compile:
+        return
+    for (config, custom, native, x, y, t_custom), result in zip(eager, results, strict=True):
+        torch._dynamo.reset()
+        compiled = []
+        for model, loss in ((custom, custom.loss), (native, F.cross_entropy)):
+            step = make_step(model, loss, x, y, compile_=True)
+            t0 = time.perf_counter()
+            step()
+            synchronize(device)
+            compiled.append((step, time.perf_counter() - t0))
+        (c_step, c_compile), (n_step, n_compile) = compiled
+        tc, tn, ratio = compare(c_step, n_step, device, args.repeats)
+        compile_rows.append([config.name, c_compile, n_compile, tc * 1e3, tn * 1e3, ratio, tc / t_custom])
+        result.update(compiled_custom_s=tc, compiled_native_s=tn, compile_time_custom_s=c_compile,
+                      compile_time_native_s=n_compile)  # fmt: skip
+        print(f"  compiled: {config.name}", file=sys.stderr)
+    print_table("torch.compile (custom with fullgraph=True): compile time (s) and step time (ms)",
+                ["model", "compile custom s", "compile native s", "custom", "native", "custom/native",
+                 "compiled/eager custom"], compile_rows)  # fmt: skip
+    write_json(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ that reaches the target (default 97%). "warm" times run in this process after im
 (train.py's main(): data, model, epochs with its evaluation, TensorBoard logging and
 checkpoints; sklearn: partial_fit one epoch at a time, then score); "process" times
 are a fresh Python process doing the whole job, imports included. Each is the median
-of --repeats runs, ours and sklearn's alternating.
+of --repeats runs, ours and sklearn's alternating. `--device cuda` trains ours on the
+GPU (scikit-learn has only the CPU).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_time_to_accuracy.py [--target 0.97] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/bench_time_to_accuracy.py [--target 0.97] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import print_table, write_json  # noqa: E402
 
 
-def ours_to_target(target: float, threads: int, max_epochs: int = 40) -> tuple[float, int, float, float]:
+def ours_to_target(
+    target: float, threads: int, device: str = "cpu", max_epochs: int = 40
+) -> tuple[float, int, float, float]:
     """Seconds from calling train.main() to the end of the first epoch at ≥ target
     (read off the val/accuracy events' wall times), that epoch, its accuracy, and the
     clock time (time.time()) it was reached."""
@@ -38,7 +41,7 @@ def ours_to_target(target: float, threads: int, max_epochs: int = 40) -> tuple[f
 
     with tempfile.TemporaryDirectory() as logdir:
         started = time.time()
-        code = train.main(["--quiet", "--threads", str(threads), "--device", "cpu", "--logdir", logdir,
+        code = train.main(["--quiet", "--threads", str(threads), "--device", device, "--logdir", logdir,
                            "--run-name", "run", "--epochs", str(max_epochs)])  # fmt: skip
         assert code == 0
         events = EventAccumulator(str(Path(logdir) / "run"), size_guidance={"scalars": 0})
@@ -69,11 +72,12 @@ def sklearn_to_target(target: float, max_epochs: int = 400) -> tuple[float, int,
     raise RuntimeError(f"MLPClassifier did not reach {target:.0%} in {max_epochs} epochs")
 
 
-def process_seconds(which: str, target: float, threads: int) -> float:
+def process_seconds(which: str, target: float, threads: int, device: str) -> float:
     """From starting a fresh Python process to the moment it reaches the target."""
     started = time.time()
-    done = subprocess.run([sys.executable, __file__, "--worker", which, "--target", str(target), "--threads",
-                           str(threads)], check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, __file__, "--worker", which, "--target", str(target), "--threads", str(threads),
+               "--device", device]  # fmt: skip
+    done = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
     return float(done.stdout.split()[-1]) - started
 
 
@@ -82,28 +86,36 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.97)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="where train.py trains: cpu, cuda or cuda:N")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--worker", choices=("ours", "sklearn"), help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
     if args.worker:
-        reached = ours_to_target(args.target, args.threads) if args.worker == "ours" else sklearn_to_target(args.target)
+        if args.worker == "ours":
+            reached = ours_to_target(args.target, args.threads, args.device)
+        else:
+            reached = sklearn_to_target(args.target)
         print(reached[-1])
         return
-    print(f"torch {torch.__version__} | cpu | threads {args.threads} | target {args.target:.0%} | "
-          f"median of {args.repeats}, alternating")  # fmt: skip
+    gpu = f" ({torch.cuda.get_device_name(args.device)})" if torch.device(args.device).type == "cuda" else ""
+    header = (f"torch {torch.__version__} | train.py on {args.device}{gpu}, sklearn on cpu | threads {args.threads} | "
+              f"target {args.target:.0%} | median of {args.repeats}, alternating")  # fmt: skip
+    print(header)
     # warm-up: pay the imports (torch.optim pulls in torch._dynamo, ~1.7 s here; sklearn
     # pulls in scipy) before the warm timings
-    ours_to_target(0.0, args.threads, max_epochs=1)
+    ours_to_target(0.0, args.threads, args.device, max_epochs=1)
     sklearn_to_target(0.0, max_epochs=1)
     ours, theirs, ours_proc, theirs_proc = [], [], [], []
     for _ in range(args.repeats):
-        ours.append(ours_to_target(args.target, args.threads))
+        ours.append(ours_to_target(args.target, args.threads, args.device))
         theirs.append(sklearn_to_target(args.target))
-        ours_proc.append(process_seconds("ours", args.target, args.threads))
-        theirs_proc.append(process_seconds("sklearn", args.target, args.threads))
+        ours_proc.append(process_seconds("ours", args.target, args.threads, args.device))
+        theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device))
     rows = []
     for name, runs, proc in (("train.py (defaults)", ours, ours_proc),
                              ("sklearn MLPClassifier(128)", theirs, theirs_proc)):  # fmt: skip
@@ -112,7 +124,7 @@ def main() -> None:
     rows.append(["ratio ours / sklearn", "", "", rows[0][3] / rows[1][3], rows[0][4] / rows[1][4]])
     print_table(f"time to {args.target:.0%} validation accuracy on digits (s)",
                 ["model", "epoch reached", "val accuracy", "warm s", "process s"], rows)  # fmt: skip
-    write_json(args.json, {"rows": rows})
+    write_json(args.json, {"header": header, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ CASES = [pytest.param(info, s, id=f"{info.name}-{i}") for info in FUSED_DB for i
 
 
 @pytest.mark.parametrize("info, sample", CASES)
-def test_value_input_gradient_and_step_match_the_twin_and_sgd(info, sample):
-    x, *params = (a.detach().clone().requires_grad_() for a in sample.args)
+def test_value_input_gradient_and_step_match_the_twin_and_sgd(info, sample, device):
+    x, *params = (a.detach().to(device, copy=True).requires_grad_() for a in sample.args)
     expected = info.reference(x, *params)
     g = torch.randn_like(expected)
     dx_ref, params_ref = reference_step(info.reference, (x, *params), g, LR)
@@ -50,10 +50,10 @@ def test_value_input_gradient_and_step_match_the_twin_and_sgd(info, sample):
 
 
 @pytest.mark.parametrize("info, sample", CASES)
-def test_input_gradient_passes_gradcheck(info, sample):
+def test_input_gradient_passes_gradcheck(info, sample, device):
     # lr = 0 takes no step, so gradcheck's repeated backward calls over one graph all
     # see the same parameters (a step would bump their version and autograd would refuse)
-    x, *params = (a.detach().clone().requires_grad_() for a in sample.args)
+    x, *params = (a.detach().to(device, copy=True).requires_grad_() for a in sample.args)
     assert torch.autograd.gradcheck(lambda x: info.op(x, *params, lr=0.0), (x,))
 
 
@@ -109,14 +109,14 @@ def test_computed_weight_and_bad_shapes_are_refused():
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation):
+def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation, device):
     torch.manual_seed(0)
-    fused = build_classifier("mlp", 8, 3, (16, 16), activation).double()
+    fused = build_classifier("mlp", 8, 3, (16, 16), activation).double().to(device)
     plain = copy.deepcopy(fused)
     optimizer = torch.optim.SGD(plain.parameters(), lr=LR)
     fused.fuse_sgd(LR)
     assert repr(fused).count(f"fused_sgd_lr={LR}") == 3  # every Linear says it steps itself
-    x, y = torch.randn(20, 8, dtype=torch.float64), torch.randint(0, 3, (20,))
+    x, y = torch.randn(20, 8, dtype=torch.float64, device=device), torch.randint(0, 3, (20,), device=device)
     for _ in range(5):
         fused.loss(fused(x), y).backward()
         optimizer.zero_grad(set_to_none=True)
@@ -134,13 +134,13 @@ def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation):
     assert all(p.grad is not None for p in fused.parameters())
 
 
-def test_under_bfloat16_autocast_the_step_stays_close_to_float32():
+def test_under_bfloat16_autocast_the_step_stays_close_to_float32(device):
     torch.manual_seed(0)
-    fused = build_classifier("mlp", 8, 3, (16,), "relu")
+    fused = build_classifier("mlp", 8, 3, (16,), "relu").to(device)
     plain = copy.deepcopy(fused)
-    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    x, y = torch.randn(32, 8, device=device), torch.randint(0, 3, (32,), device=device)
     fused.fuse_sgd(LR)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         loss = fused.loss(fused(x), y)
     loss.backward()
     optimizer = torch.optim.SGD(plain.parameters(), lr=LR)
