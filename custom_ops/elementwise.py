@@ -11,7 +11,7 @@ import torch
 
 from .function import Op, may_fuse, save_crosswise, unbroadcast
 
-_ONE = torch.tensor(1.0)  # a CPU scalar: broadcasts into addcmul on any device and dtype
+_ONE = torch.tensor(1.0)  # a CPU scalar: broadcasts into CPU addcmul at any dtype (CUDA refuses it as self)
 
 # ---------------------------------------------------------------- binary, broadcasting
 
@@ -390,7 +390,8 @@ class Tanh(Op):
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
         if may_fuse(g):
-            return torch.addcmul(_ONE, y, y, value=-1).mul_(g)  # (1 − y·y) · g, one temporary
+            one = _ONE if y.is_cpu else y.new_ones(())
+            return torch.addcmul(one, y, y, value=-1).mul_(g)  # (1 − y·y) · g, one temporary
         return g * (1 - y * y)
 
     @staticmethod

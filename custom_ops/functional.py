@@ -134,9 +134,9 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> 
     if target.device.type != "cpu" and target.numel() and _values_are_inspectable(target):
         # off the CPU an out-of-range target is a device-side assert that poisons the
         # CUDA context, so check first (one sync); on the CPU torch's kernel checks
-        low, high = torch.aminmax(target)
+        low, high = torch.stack(torch.aminmax(target)).tolist()
         if low < 0 or high >= num_classes:
-            _raise_out_of_bounds(int(low if low < 0 else high), num_classes)
+            _raise_out_of_bounds(low if low < 0 else high, num_classes)
     try:
         return CrossEntropy.call(input, target.long(), reduction)
     except IndexError as error:  # torch's "Target 7 is out of bounds."
