@@ -1,6 +1,6 @@
 """train.py beside scikit-learn on the same train/validation split, in one sitting.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_sklearn.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_sklearn.py [--device cuda] [--json out.json]
 
 Rows: `python train.py` (the default MLP on digits), the same with --hidden 128, and
 `python train.py --model lr --dataset breast_cancer`; scikit-learn's
@@ -89,19 +89,25 @@ def process_wall(command: list[str]) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="where train.py trains: cpu, cuda or cuda:N (sklearn: cpu)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this path")
     parser.add_argument("--worker", nargs=2, metavar=("SPLIT_NPZ", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # a fresh process for the sklearn "process" time
         print(json.dumps(sklearn_fit(*args.worker)))
         return
+    from benchmarks.common import check_device, write_json  # imports torch: not in the sklearn worker above
+
+    check_device(args.device)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         # pay the lazy first-use costs (torch.optim imports torch._dynamo, the graph
         # tracer warms up) before timing the in-process runs
-        ours_fit("iris", ["--epochs", "1", "--hidden", "4"], logdir)
+        ours_fit("iris", ["--epochs", "1", "--hidden", "4", "--device", args.device], logdir)
         for label, (dataset_name, flags) in OURS.items():
+            flags = [*flags, "--device", args.device]
             run_dir = logdir / f"proc-{len(rows)}"
             wall, _ = process_wall([sys.executable, "train.py", "--dataset", dataset_name, *flags, "--quiet",
                                     "--logdir", str(logdir), "--run-name", run_dir.name])  # fmt: skip
@@ -120,6 +126,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for dataset_name, label, accuracy, wall, fit_s in rows:
         print(f"| {dataset_name} | {label} | {accuracy:.2%} | {wall:.1f} | {fit_s:.2f} |")
+    write_json(args.json, {"train_py_device": args.device, "rows": [
+        dict(dataset=d, model=label, val_accuracy=a, process_wall_s=w, fit_s=f) for d, label, a, w, f in rows]})
 
 
 if __name__ == "__main__":

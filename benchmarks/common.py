@@ -24,7 +24,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace) -> torch.device:
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return check_device(args.device)
+
+
+def check_device(name: str) -> torch.device:
+    """The --device asked for, or exit with one line if this machine has no such GPU."""
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
     return device
