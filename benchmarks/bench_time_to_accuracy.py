@@ -5,7 +5,10 @@ Both evaluate on the validation split after every epoch and stop at the first ep
 that reaches the target (default 97%). "warm" times run in this process after imports
 (train.py's main(): data, model, epochs with its evaluation, TensorBoard logging and
 checkpoints; sklearn: partial_fit one epoch at a time, then score); "process" times
-are a fresh Python process doing the whole job, imports included. Each is the median
+are a fresh Python process doing the whole job, imports included: ours runs train.py's
+main(); sklearn's loads digits with sklearn.datasets as train.py does, reads train.py's
+split of it from a file (making the split needs only numpy, but the `training` package
+imports torch, which sklearn's process must not pay for), then fits. Each is the median
 of --repeats runs, ours and sklearn's alternating. `--device cuda` trains ours on the
 GPU (scikit-learn has only the CPU).
 
@@ -23,10 +26,12 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-from benchmarks.common import print_table, write_json  # noqa: E402
+# nothing imported at the top may import torch: the sklearn worker runs this file too
+from benchmarks.bench_sklearn import save_split  # noqa: E402
 
 
 def ours_to_target(
@@ -52,31 +57,33 @@ def ours_to_target(
     raise RuntimeError(f"train.py did not reach {target:.0%} in {max_epochs} epochs")
 
 
-def sklearn_to_target(target: float, max_epochs: int = 400) -> tuple[float, int, float, float]:
-    """Seconds of partial_fit epochs (each followed by a validation score) until ≥ target."""
+def sklearn_to_target(split_path: Path, target: float, max_epochs: int = 400) -> tuple[float, int, float, float]:
+    """Seconds of partial_fit epochs (each followed by a validation score) until ≥ target,
+    on train.py's split of digits (saved by save_split)."""
+    from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from training import load_dataset, split_and_standardize
-
-    split = split_and_standardize(load_dataset("digits"), val_fraction=0.2, seed=0)
-    classes = sorted(set(split.y_train.tolist()))
+    load_digits()  # the loading train.py does too; the split itself comes from the file
+    split = np.load(split_path)
+    x_train, y_train, x_val, y_val = split["x_train"], split["y_train"], split["x_val"], split["y_val"]
+    classes = sorted(set(y_train.tolist()))
     model = MLPClassifier(hidden_layer_sizes=(128,), random_state=0)
     warnings.simplefilter("ignore", ConvergenceWarning)
     started = time.perf_counter()
     for epoch in range(1, max_epochs + 1):
-        model.partial_fit(split.x_train, split.y_train, classes=classes)
-        accuracy = model.score(split.x_val, split.y_val)
+        model.partial_fit(x_train, y_train, classes=classes)
+        accuracy = model.score(x_val, y_val)
         if accuracy >= target:
             return time.perf_counter() - started, epoch, accuracy, time.time()
     raise RuntimeError(f"MLPClassifier did not reach {target:.0%} in {max_epochs} epochs")
 
 
-def process_seconds(which: str, target: float, threads: int, device: str) -> float:
+def process_seconds(which: str, target: float, threads: int, device: str, split_path: Path) -> float:
     """From starting a fresh Python process to the moment it reaches the target."""
     started = time.time()
     command = [sys.executable, __file__, "--worker", which, "--target", str(target), "--threads", str(threads),
-               "--device", device]  # fmt: skip
+               "--device", device, "--split", str(split_path)]  # fmt: skip
     done = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
     return float(done.stdout.split()[-1]) - started
 
@@ -89,18 +96,19 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="where train.py trains: cpu, cuda or cuda:N")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--worker", choices=("ours", "sklearn"), help=argparse.SUPPRESS)
+    p.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker == "sklearn":
+        print(sklearn_to_target(args.split, args.target)[-1])
+        return
     import torch
 
+    from benchmarks.common import check_device, print_table, write_json
+
     torch.set_num_threads(args.threads)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    if args.worker:
-        if args.worker == "ours":
-            reached = ours_to_target(args.target, args.threads, args.device)
-        else:
-            reached = sklearn_to_target(args.target)
-        print(reached[-1])
+    check_device(args.device)
+    if args.worker == "ours":
+        print(ours_to_target(args.target, args.threads, args.device)[-1])
         return
     gpu = f" ({torch.cuda.get_device_name(args.device)})" if torch.device(args.device).type == "cuda" else ""
     header = (f"torch {torch.__version__} | train.py on {args.device}{gpu}, sklearn on cpu | threads {args.threads} | "
@@ -108,14 +116,17 @@ def main() -> None:
     print(header)
     # warm-up: pay the imports (torch.optim pulls in torch._dynamo, ~1.7 s here; sklearn
     # pulls in scipy) before the warm timings
+    scratch = tempfile.TemporaryDirectory()
+    split_path = save_split("digits", Path(scratch.name) / "digits.npz")
     ours_to_target(0.0, args.threads, args.device, max_epochs=1)
-    sklearn_to_target(0.0, max_epochs=1)
+    sklearn_to_target(split_path, 0.0, max_epochs=1)
     ours, theirs, ours_proc, theirs_proc = [], [], [], []
     for _ in range(args.repeats):
         ours.append(ours_to_target(args.target, args.threads, args.device))
-        theirs.append(sklearn_to_target(args.target))
-        ours_proc.append(process_seconds("ours", args.target, args.threads, args.device))
-        theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device))
+        theirs.append(sklearn_to_target(split_path, args.target))
+        ours_proc.append(process_seconds("ours", args.target, args.threads, args.device, split_path))
+        theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device, split_path))
+    scratch.cleanup()
     rows = []
     for name, runs, proc in (("train.py (defaults)", ours, ours_proc),
                              ("sklearn MLPClassifier(128)", theirs, theirs_proc)):  # fmt: skip

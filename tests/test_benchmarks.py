@@ -63,3 +63,22 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     assert all(p.grad is None and not torch.equal(p, q) for p, q in zip(custom.parameters(), before, strict=True))
     peak = bench_step.peak_memory(config, "fused", cpu, threads=1, children=1)
     assert peak >= 0 or math.isnan(peak)  # NaN where no resettable resident high-water mark exists
+
+
+@pytest.mark.parametrize(
+    "script, worker_args",
+    [("bench_time_to_accuracy.py", ["--worker", "sklearn", "--target", "0", "--split", "{split}"]),
+     ("bench_sklearn.py", ["--worker", "{split}", "lr"])],
+)  # fmt: skip
+def test_sklearn_workers_do_not_import_torch(tmp_path: Path, script: str, worker_args: list[str]) -> None:
+    # their process times are compared with train.py's: a torch import there would be
+    # charged to scikit-learn (it once was: 1 s of its 2.3 s)
+    from benchmarks.bench_sklearn import save_split
+
+    split = save_split("digits", tmp_path / "digits.npz")
+    argv = [script, *(a.format(split=split) for a in worker_args)]
+    code = (f"import runpy, sys; sys.argv = {argv!r}; "
+            f"runpy.run_path('benchmarks/{script}', run_name='__main__'); "
+            "assert 'torch' not in sys.modules, 'the sklearn worker imported torch'")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
