@@ -116,17 +116,16 @@ def main() -> None:
     print(header)
     # warm-up: pay the imports (torch.optim pulls in torch._dynamo, ~1.7 s here; sklearn
     # pulls in scipy) before the warm timings
-    scratch = tempfile.TemporaryDirectory()
-    split_path = save_split("digits", Path(scratch.name) / "digits.npz")
-    ours_to_target(0.0, args.threads, args.device, max_epochs=1)
-    sklearn_to_target(split_path, 0.0, max_epochs=1)
     ours, theirs, ours_proc, theirs_proc = [], [], [], []
-    for _ in range(args.repeats):
-        ours.append(ours_to_target(args.target, args.threads, args.device))
-        theirs.append(sklearn_to_target(split_path, args.target))
-        ours_proc.append(process_seconds("ours", args.target, args.threads, args.device, split_path))
-        theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device, split_path))
-    scratch.cleanup()
+    with tempfile.TemporaryDirectory() as scratch:
+        split_path = save_split("digits", Path(scratch) / "digits.npz")
+        ours_to_target(0.0, args.threads, args.device, max_epochs=1)
+        sklearn_to_target(split_path, 0.0, max_epochs=1)
+        for _ in range(args.repeats):
+            ours.append(ours_to_target(args.target, args.threads, args.device))
+            theirs.append(sklearn_to_target(split_path, args.target))
+            ours_proc.append(process_seconds("ours", args.target, args.threads, args.device, split_path))
+            theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device, split_path))
     rows = []
     for name, runs, proc in (("train.py (defaults)", ours, ours_proc),
                              ("sklearn MLPClassifier(128)", theirs, theirs_proc)):  # fmt: skip
