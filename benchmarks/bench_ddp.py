@@ -149,6 +149,8 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.common import write_json
+
     print(f"torch {torch.__version__} | {os.cpu_count()} CPUs | {platform.processor() or platform.machine()} | "
           f"digits, MLP 64-{args.hidden}-10, Adam | {args.epochs} epochs per run | median of {args.repeats} "
           "interleaved rounds")  # fmt: skip
@@ -170,8 +172,7 @@ def main() -> None:
                 print(f"{label:<34} {median:>10,.0f} {median / base:>12.2f}x   ({rounds})")
                 results.append({"measure": measure, "batch_size": batch, "configuration": label,
                                 "samples_per_s": median, "ratio": median / base, "rounds": values})  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, {"results": results})
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ matrix products the step needs (forward x·Wᵀ, backward gᵀ·x and g·W per l
 back, and the ratio step / floor. A second native model, timed in the same rounds, gives
 native / native: how far apart two identical steps measure on this machine. And the
 custom model with SGD fused into backward (`MLP.fuse_sgd`: each weight's update is one
-`addmm_` into W, no .grad, no optimizer pass). Memory: bytes saved for backward per step (summed per
-save, and each storage once), and the peak memory five steps add over what the process
-held before them, in a fresh child process per variant (on the CPU the kernel's resident
-high-water mark, VmHWM, reset before the steps: Linux only; on CUDA torch.cuda's
-allocator statistics). With --compile, the same
-steps under torch.compile (custom with fullgraph=True), with compile times.
+`addmm_` into W, no .grad, no optimizer pass).
+
+Memory: bytes saved for backward per step (summed per save, and each storage once), and
+the peak memory five steps add over what the process held before them, in a fresh child
+process per variant (on the CPU the kernel's resident high-water mark, VmHWM, reset
+before the steps: Linux only; on CUDA torch.cuda's allocator statistics). With
+--compile, the same steps under torch.compile (custom with fullgraph=True), with
+compile times, after the eager tables are printed.
 
     python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--json out.json]
 """
@@ -120,10 +122,6 @@ def make_fused_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
         return loss
 
     return step
-
-
-def custom_loss(model):
-    return model.loss
 
 
 def floor_step(config: Config, device: torch.device):

@@ -90,11 +90,6 @@ def paired_ratio(times_a: list[float], times_b: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(times_a, times_b, strict=True))
 
 
-def compare_many(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[float]:
-    """Median seconds per call of each fn, all timed in the same rounds."""
-    return [statistics.median(t) for t in time_rounds(fns, device, repeats)]
-
-
 def compare(
     a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int
 ) -> tuple[float, float, float]:

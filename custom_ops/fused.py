@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .function import unbroadcast
 from .functional import check_linear_shapes
+from .linalg import batch_rows
 
 
 class LinearSGDStep(torch.autograd.Function):
@@ -52,9 +53,7 @@ class LinearSGDStep(torch.autograd.Function):
         g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
         dx = g @ weight if need_dx else None  # before W moves
         if need_dweight and ctx.lr:
-            # every leading dim of x is a batch dim: flatten them, one matrix product sums them
-            g_rows, x_rows = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1]).to(weight.dtype)
-            weight.addmm_(g_rows.mT, x_rows, alpha=-ctx.lr)
+            weight.addmm_(batch_rows(g).mT, batch_rows(x).to(weight.dtype), alpha=-ctx.lr)
         if need_dbias and ctx.lr:
             bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
         return dx, None, None, None

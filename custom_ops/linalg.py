@@ -47,6 +47,13 @@ class Matmul(Op):
         return da @ b + a @ db
 
 
+def batch_rows(t: torch.Tensor) -> torch.Tensor:
+    """(*, n) as (rows, n): every leading dim of a linear layer's input is a batch dim, so
+    one matrix product gᵀ x over the rows sums dL/dW over all of them. (Explicit rows,
+    not -1: a (0, 0) tensor has no unique -1.)"""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
 class Linear(Op):
     """y = x Wᵀ + b   (x: (*, in), W: (out, in), b: (out,) or None)
 
@@ -73,11 +80,7 @@ class Linear(Op):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         dx = g @ weight if ctx.needs_input_grad[0] else None
-        dweight = None
-        if ctx.needs_input_grad[1]:
-            # every leading dim of x is a batch dim: flatten them, one matrix product sums them
-            batch = math.prod(x.shape[:-1])
-            dweight = g.reshape(batch, g.shape[-1]).mT @ x.reshape(batch, x.shape[-1])
+        dweight = batch_rows(g).mT @ batch_rows(x) if ctx.needs_input_grad[1] else None
         dbias = unbroadcast(g, ctx.bias_shape) if ctx.needs_input_grad[2] else None
         return dx, dweight, dbias
 

@@ -28,6 +28,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import assert_one_error_line, subprocess_env
 import train
 from models import build_classifier
 from training import distributed
@@ -45,17 +46,12 @@ TOLERANCE = {"rtol": 0, "atol": 1e-5}
 TIMEOUT = 240
 
 
-def env(**extra: str) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("TORCHELASTIC_", "RANK"))}
-    return {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
-
-
 def torchrun(*argv: str, launcher: tuple[str, ...] = ("--nproc_per_node=2", "--standalone"),
              environ: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
     """Start `python -m torch.distributed.run … train.py argv` in its own session (so a
     test can end it and all its workers at once)."""
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(REPO / "train.py"), *argv]
-    return subprocess.Popen(command, env=environ or env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(command, env=environ or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
 
 
@@ -195,8 +191,7 @@ def test_torchrun_mistakes_are_one_line_errors_before_any_set_up(argv, extra_env
     for key, value in {**TORCHRUN_ENV, **extra_env}.items():
         monkeypatch.setenv(key, value)
     assert train.main([*SMALL, *argv, "--logdir", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert message in assert_one_error_line(capsys.readouterr().err)
     assert not torch.distributed.is_initialized() and not (tmp_path / "runs").exists()
 
 
@@ -298,7 +293,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(vi
     assert train.main([*argv[:-4], "--logdir", str(tmp_path / "straight"), "--run-name", "k"]) == 0
     token = uuid.uuid4().hex
     process = torchrun(*argv, launcher=("--nproc_per_node=2", "--standalone", "--max-restarts=2"),
-                       environ=env(KILL_TEST_TOKEN=token, **extra_env))  # fmt: skip
+                       environ=subprocess_env(KILL_TEST_TOKEN=token, **extra_env))  # fmt: skip
     run_dir, killed, deadline = tmp_path / "runs" / "k", None, time.monotonic() + TIMEOUT
     while killed is None and process.poll() is None and time.monotonic() < deadline:
         pid = victim(run_dir, token)

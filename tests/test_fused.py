@@ -76,6 +76,16 @@ def test_frozen_parameters_do_not_move():
     torch.testing.assert_close(bias.detach(), bias_ref, rtol=1e-12, atol=1e-12)
 
 
+def test_an_input_with_no_features_steps_only_the_bias():
+    # x: (0 samples, 0 features): dL/dW = gᵀx is (3, 0), empty; dL/db = Σ over no samples = 0
+    x, weight, bias = leaf(0, 0), leaf(3, 0), leaf(3)
+    bias_before = bias.detach().clone()
+    y = custom_ops.fused_linear_sgd(x, weight, bias, lr=LR)
+    torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=0, atol=0)
+    y.sum().backward()
+    assert x.grad.shape == (0, 0) and torch.equal(bias.detach(), bias_before)
+
+
 def test_double_backward_is_refused():
     x, weight = leaf(5, 4), leaf(3, 4)
     y = custom_ops.fused_linear_sgd(x, weight, None, lr=LR).sum()

@@ -24,6 +24,7 @@ import torch
 from hypothesis import HealthCheck, example, find, given, settings
 from hypothesis import strategies as st
 
+from helpers import assert_one_error_line
 import train
 from training import UserError, read_csv
 
@@ -243,9 +244,7 @@ def check_outcome(code: int, out: str, err: str) -> None:
     assert code in (0, 2, train.EXIT_NON_FINITE), (code, err)
     assert "Traceback" not in err and "Traceback" not in out
     if code != 0:
-        lines = err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert_one_line(lines[0])
+        assert_one_line(assert_one_error_line(err))
 
 
 WEIRD_TEXT = st.one_of(

@@ -30,6 +30,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import assert_one_error_line, subprocess_env
 import train
 from training import UserError, create_run_dir, load_checkpoint
 from training import checkpoint as checkpoint_module
@@ -37,21 +38,6 @@ from training.checkpoint import SLOW_WRITE_ENV, TEMP_INFIX, WRITING_MARKER, atom
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--dataset", "iris", "--hidden", "8", "--batch-size", "16", "--threads", "1", "--quiet", "--device", "cpu"]
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
-    if SLOW_WRITE_ENV not in extra:
-        env.pop(SLOW_WRITE_ENV, None)
-    return env
-
-
-def one_error_line(err: str, pattern: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
-    return lines[0]
 
 
 def temp_files(run_dir: Path) -> list[str]:
@@ -297,7 +283,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(two_epo
     argv, run_dir = two_epochs
     failures = fail_on_epoch(monkeypatch, 2, "last.pt", room)
     assert train.main(argv) == 2
-    one_error_line(capsys.readouterr().err, r"cannot write .*last\.pt: No space left on device; the disk is full.*"
+    assert_one_error_line(capsys.readouterr().err, r"cannot write .*last\.pt: No space left on device; the disk is full.*"
                                             r"the previous last\.pt, if any, is intact")  # fmt: skip
     assert failures and temp_files(run_dir) == []  # the half-written temporary file is gone
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
@@ -338,7 +324,7 @@ def test_a_real_full_disk_stops_with_one_line_and_keeps_what_was_saved(tmp_path)
     for size in ("260k", "400k"):
         result, copy = run_on_a_small_disk(tmp_path, size, argv)
         assert result.returncode == 2, result.stderr
-        one_error_line(result.stderr, r"cannot write .*No space left on device")
+        assert_one_error_line(result.stderr, r"cannot write .*No space left on device")
         run_dir = copy / "full"
         assert temp_files(run_dir) == []
         if (run_dir / "last.pt").exists():
@@ -362,7 +348,7 @@ def test_unwritable_run_directory_stops_with_one_line(two_epochs, monkeypatch, c
 
     monkeypatch.setattr(checkpoint_module.os, "replace", replace)
     assert train.main(argv) == 2
-    one_error_line(capsys.readouterr().err, r"cannot write .*last\.pt: Permission denied; .* is not writable")
+    assert_one_error_line(capsys.readouterr().err, r"cannot write .*last\.pt: Permission denied; .* is not writable")
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and temp_files(run_dir) == []
 
 
@@ -376,7 +362,7 @@ def test_read_only_run_directory_for_real(two_epochs, capsys):
         assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "2", "--threads", "1", "--quiet"]) == 2
     finally:
         run_dir.chmod(0o700)
-    one_error_line(capsys.readouterr().err, r"cannot write .*Permission denied")
+    assert_one_error_line(capsys.readouterr().err, r"cannot write .*Permission denied")
     assert (run_dir / "last.pt").read_bytes() == before
 
 
@@ -419,13 +405,13 @@ def test_diverging_run_stops_naming_epoch_and_step(tmp_path, capsys):
     code = train.main([*FAST, "--optimizer", "sgd", "--lr", "1e6", "--epochs", "3", "--logdir", str(tmp_path),
                        "--run-name", "r"])  # fmt: skip
     assert code == train.EXIT_NON_FINITE == 3
-    one_error_line(capsys.readouterr().err, r"non-finite .* at epoch 1, step \d+ of 8 \(global step \d+\): training "
+    assert_one_error_line(capsys.readouterr().err, r"non-finite .* at epoch 1, step \d+ of 8 \(global step \d+\): training "
                                             r"diverged; lower --lr \(it is 1e\+06\).*no checkpoint was written")
     assert not (tmp_path / "r" / "last.pt").exists()
     code = train.main([*FAST, "--optimizer", "adam", "--lr", "1e30", "--epochs", "3", "--logdir", str(tmp_path),
                        "--run-name", "adam"])  # fmt: skip
     assert code == 3
-    one_error_line(capsys.readouterr().err, r"non-finite loss \(nan\) at epoch 1, step 2 of 8 \(global step 2\)")
+    assert_one_error_line(capsys.readouterr().err, r"non-finite loss \(nan\) at epoch 1, step 2 of 8 \(global step 2\)")
 
 
 def test_nan_gradient_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -442,7 +428,7 @@ def test_nan_gradient_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path,
     monkeypatch.setattr(train, "layer_grad_norms", norms)
     code = train.main([*FAST, "--epochs", "5", "--logdir", str(tmp_path), "--run-name", "r"])
     assert code == 3
-    one_error_line(capsys.readouterr().err, r"non-finite gradient \(layer2\) at epoch 3, step 3 of 8 \(global step 19\)"
+    assert_one_error_line(capsys.readouterr().err, r"non-finite gradient \(layer2\) at epoch 3, step 3 of 8 \(global step 19\)"
                                             r".*the last good checkpoint, of epoch 2, is .*r/last\.pt$")  # fmt: skip
     checkpoint = load_checkpoint(tmp_path / "r" / "last.pt")
     assert checkpoint["epoch"] == 2 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
@@ -456,7 +442,7 @@ def test_detect_anomaly_names_the_backward_op_and_is_switched_off_after(tmp_path
         code = train.main([*FAST, "--optimizer", "adam", "--lr", "1e30", "--epochs", "2", "--logdir", str(tmp_path),
                            "--detect-anomaly"])  # fmt: skip
     assert code == 3
-    line = one_error_line(capsys.readouterr().err, r"non-finite gradient \(Function '\w+Backward' returned nan values")
+    line = assert_one_error_line(capsys.readouterr().err, r"non-finite gradient \(Function '\w+Backward' returned nan values")
     assert "at epoch 1, step 2 of 8" in line
     assert not torch.is_anomaly_enabled()
 
@@ -512,7 +498,7 @@ def test_resume_refuses_a_planted_pickle_and_runs_none_of_it(kind, tmp_path, rea
     marker = tmp_path / "pwned"
     plant(kind, run_dir / "last.pt", marker, real_checkpoint)
     assert train.main(["--resume", str(run_dir / "last.pt"), "--threads", "1"]) == 2
-    one_error_line(capsys.readouterr().err, r"loading it is refused \(it could run code\)|is corrupt or not a PyTorch")
+    assert_one_error_line(capsys.readouterr().err, r"loading it is refused \(it could run code\)|is corrupt or not a PyTorch")
     assert not marker.exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]  # nothing written
     # the payload is live: an unsafe load runs it (so the test above could fail)
@@ -531,7 +517,7 @@ def test_planted_pickle_is_refused_with_the_refusal_message(tmp_path, real_check
         path = tmp_path / f"{kind}.pt"
         plant(kind, path, tmp_path / "pwned", real_checkpoint)
         assert train.main(["--resume", str(path), "--threads", "1"]) == 2
-        one_error_line(capsys.readouterr().err, r"holds Python objects other than tensors .* loading it is refused")
+        assert_one_error_line(capsys.readouterr().err, r"holds Python objects other than tensors .* loading it is refused")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -543,7 +529,7 @@ def test_checkpoint_of_another_model_shape_gets_a_mismatch_message(tmp_path, rea
     checkpoint["model"] = small["model"]
     torch.save(checkpoint, tmp_path / "mixed.pt")
     assert train.main(["--resume", str(tmp_path / "mixed.pt"), "--epochs", "2", "--threads", "1"]) == 2
-    one_error_line(capsys.readouterr().err, r"holds a model of another shape: layers\.0\.weight is \(4, 4\) there, "
+    assert_one_error_line(capsys.readouterr().err, r"holds a model of another shape: layers\.0\.weight is \(4, 4\) there, "
                                             r"\(8, 4\) here")  # fmt: skip
 
 
@@ -565,7 +551,7 @@ def test_two_runs_started_at_once_with_one_run_name_never_share_a_directory(tmp_
     assert codes == [0, 2], results
     winner = 1 + [code for code, _, _ in results].index(0)
     loser_err = next(err for code, _, err in results if code == 2)
-    one_error_line(loser_err, r"run directory .*same already exists: pick another --run-name")
+    assert_one_error_line(loser_err, r"run directory .*same already exists: pick another --run-name")
     # the directory is the winner's alone: its config, its checkpoint, its metrics
     assert sorted(p.name for p in logdir.iterdir()) == ["same"]
     run_dir = logdir / "same"

@@ -18,6 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import assert_one_error_line
 import train
 from training import (
     UserError,
@@ -374,10 +375,8 @@ def expect_user_error(argv: list[str], message: str, logdir: Path, capsys) -> No
     code = train.main([*argv, "--logdir", str(logdir)] if "--resume" not in argv else argv)
     captured = capsys.readouterr()
     assert code == 2
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert re.search(message, lines[0]), lines[0]
-    assert "Traceback" not in captured.err and captured.out == ""
+    assert_one_error_line(captured.err, message)
+    assert captured.out == ""
     assert snapshot(logdir) == before
 
 
