@@ -120,9 +120,12 @@ def _values_are_inspectable(t: Tensor) -> bool:
     return not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
+_CLASS_INDEX_DTYPES = frozenset((torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8))
+
+
 def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
     check_reduction(reduction)
-    if target.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
+    if target.dtype not in _CLASS_INDEX_DTYPES:
         raise TypeError(f"cross_entropy: target must hold class indices (an integer tensor), got {target.dtype}")
     num_classes = input.shape[class_dim(input)] if input.dim() > 0 else 0
     expected = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
@@ -131,14 +134,14 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> 
             f"cross_entropy: target of shape {tuple(target.shape)} does not match input of shape "
             f"{tuple(input.shape)}: expected target shape {tuple(expected)}"
         )
-    if target.device.type != "cpu" and target.numel() and _values_are_inspectable(target):
+    if not target.is_cpu and target.numel() and _values_are_inspectable(target):
         # off the CPU an out-of-range target is a device-side assert that poisons the
         # CUDA context, so check first (one sync); on the CPU torch's kernel checks
         low, high = torch.stack(torch.aminmax(target)).tolist()
         if low < 0 or high >= num_classes:
             _raise_out_of_bounds(low if low < 0 else high, num_classes)
     try:
-        return CrossEntropy.call(input, target.long(), reduction)
+        return CrossEntropy.call(input, target if target.dtype == torch.int64 else target.long(), reduction)
     except IndexError as error:  # torch's "Target 7 is out of bounds."
         bad = int(next(iter(re.findall(r"-?\d+", str(error))), -1))
         _raise_out_of_bounds(bad, num_classes)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .function import unbroadcast
+from .function import call_backward_directly, unbroadcast
 from .functional import check_linear_shapes
 from .linalg import batch_rows
 
@@ -60,6 +60,7 @@ class LinearSGDStep(torch.autograd.Function):
 
 
 _apply = super(torch.autograd.Function, LinearSGDStep).apply  # C++ apply: see function._dispatcher
+call_backward_directly(LinearSGDStep)
 
 
 def fused_linear_sgd(input: Tensor, weight: Tensor, bias: Tensor | None = None, *, lr: float) -> Tensor:

@@ -8,13 +8,27 @@ from .function import Op, may_fuse
 
 
 def reduced_dims(ndim: int, dim) -> tuple[int, ...]:
-    """The dims that `dim` names, non-negative and sorted; None or () mean all of them."""
-    if ndim == 0:
-        return ()  # torch accepts dim 0 or -1 on a 0-d tensor, and reduces nothing
+    """The dims that `dim` names, non-negative and sorted; None or () mean all of them.
+    A dim out of range raises torch's IndexError (a 0-d tensor takes 0 or -1 and
+    reduces nothing)."""
+    if type(dim) is int:  # the common case, first: this runs on every call
+        checked = check_dim(dim, ndim)
+        return (checked,) if ndim else ()
     if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    return tuple(sorted(d % ndim for d in dims))
+    dims = sorted(check_dim(d, ndim) for d in ((dim,) if isinstance(dim, int) else dim))
+    for first, second in zip(dims, dims[1:]):
+        if first == second:
+            raise RuntimeError(f"dim {first} appears multiple times in the list of dims")
+    return tuple(dims) if ndim else ()
+
+
+def check_dim(dim: int, ndim: int) -> int:
+    """dim as a non-negative index into ndim dims, or torch's IndexError."""
+    rank = max(ndim, 1)  # torch lets a 0-d tensor be indexed as if it had one dim
+    if not -rank <= dim < rank:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})")
+    return dim % rank
 
 
 def expand_reduced(g, shape, dims, keepdim):
@@ -141,8 +155,9 @@ class LogSoftmax(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        if may_fuse(g):  # −eʸ ⊙ Σg, then + g, in place on the fresh eʸ
-            return torch.exp(y).mul_(-g.sum(ctx.dim, keepdim=True)).add_(g), None
+        if may_fuse(g):  # g − eʸ ⊙ Σg: one addcmul, written over the fresh eʸ
+            softmax = torch.exp(y)
+            return torch.addcmul(g, softmax, g.sum(ctx.dim, keepdim=True), value=-1, out=softmax), None
         return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from unittest import mock
 
 import pytest
@@ -152,6 +153,21 @@ def test_cross_entropy_out_of_range_target(bad, device):
     # on the CPU torch's kernel finds it; on CUDA our check must, before the kernel asserts
     with pytest.raises(IndexError, match=f"target {bad} is out of bounds for 4 classes"):
         custom_ops.cross_entropy(torch.randn(3, 4, device=device), torch.tensor([0, bad, 1], device=device))
+
+
+@pytest.mark.parametrize("name", ["sum", "mean"])
+@pytest.mark.parametrize("shape", [(2, 3), ()], ids=["2x3", "0-d"])
+@pytest.mark.parametrize("dim", [2, -3, 5, (0, 4), (0, 0), (-1, 1), 0, -1, (0, -1)])
+def test_reduction_dims_are_checked_like_torch(name, shape, dim):
+    # a dim out of range once wrapped round (sum(x, 5) summed dim 1 of a 2-d x)
+    x = torch.randn(shape)
+    try:
+        expected = getattr(torch, name)(x, dim)
+    except (IndexError, RuntimeError) as error:
+        with pytest.raises(type(error), match=r"^" + re.escape(str(error)).split(r"\(")[0]):
+            getattr(custom_ops, name)(x, dim)
+    else:
+        torch.testing.assert_close(getattr(custom_ops, name)(x, dim), expected)
 
 
 def test_cross_entropy_refuses_float_targets_and_bad_reduction():
