@@ -2,7 +2,9 @@
 
 Sizes: 64×64 (overhead-bound) and a bandwidth-bound large size (4096×4096 for
 elementwise ops, 256×1024 for the rest), float32. Ratios are custom / native, measured
-side by side in this one process.
+side by side in this one process. Then, per op at 64×64, where forward + backward time
+goes: our kernels alone (forward, setup_context and backward as plain Python calls),
+our Function through PyTorch's custom-Function machinery, and the public function.
 
     python benchmarks/bench_ops.py [--device cuda] [--threads 1] [--json out.json]
 """
@@ -18,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import compare, header, paired_ratio, parser, print_table, setup, time_rounds, write_json  # noqa: E402
-import custom_ops  # noqa: E402
+from custom_ops.function import observe_ops  # noqa: E402
 from custom_ops.registry import OP_DB  # noqa: E402
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "square", "pow", "sin", "cos", "exp", "log", "tanh",
@@ -68,35 +70,65 @@ def forward_and_backward(fn, args, kwargs):
     return forward, run
 
 
-class BareSigmoid(torch.autograd.Function):
-    """The least a Python autograd.Function can be: torch's kernel forward, the same
-    two-kernel backward as custom_ops.Sigmoid, no checks, no jvp, no autocast policy."""
+class KernelsOnlyContext:
+    """Stands in for autograd's ctx, so that an op's forward, setup_context and backward
+    can run as plain Python calls: the same kernels, without PyTorch's Function
+    machinery (no node, no saved-variable packing and checks, no engine)."""
 
-    @staticmethod
-    def forward(x):
-        return torch.sigmoid(x)
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+    def save_for_backward(self, *tensors) -> None:
+        self.saved_tensors = tensors
 
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return torch.addcmul(y, y, y, value=-1).mul_(g)
+    def save_for_forward(self, *tensors) -> None:
+        self.saved_for_forward = tensors
 
 
-def overhead_breakdown(device: torch.device, repeats: int) -> list[list[object]]:
-    """Where a 64×64 sigmoid's forward + backward time goes: torch's own op, PyTorch's
-    custom-Function machinery around the same kernels (C++ apply called directly, as
-    custom_ops does), and custom_ops.sigmoid, all three in the same interleaved rounds."""
-    bare_apply = super(torch.autograd.Function, BareSigmoid).apply  # skips Function.apply's inspect binding
-    variants = [("torch.sigmoid", torch.sigmoid), ("bare autograd.Function, same kernels", bare_apply),
-                ("custom_ops.sigmoid", custom_ops.sigmoid)]  # fmt: skip
-    x = torch.randn(64, 64, device=device)
-    runs = [forward_and_backward(fn, (x,), {})[1] for _, fn in variants]
-    times = time_rounds(runs, device, repeats)
-    return [[name, statistics.median(t) * 1e6, paired_ratio(t, times[0])] for (name, _), t in zip(variants, times)]
+def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]:
+    """Where the op's 64×64 forward + backward time goes, four ways in the same rounds:
+    torch's twin; our forward, setup_context and backward called as plain Python
+    (KernelsOnlyContext); our Function through its C++ apply (what custom_ops calls:
+    adds PyTorch's custom-Function machinery); and the public custom_ops function (adds
+    our checks and dispatcher). Returns [op, the four µs, Function/torch (the least any
+    wrapper around these kernels could cost), custom/torch, machinery µs (Function −
+    kernels alone: PyTorch's, including the engine run that torch's twin pays too),
+    wrapper µs (custom_ops − Function: ours)], medians over rounds."""
+    args, kwargs = inputs(info.name, 64, 64, device)
+    leaves = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    applied = []
+    with observe_ops(lambda cls, op_args, output: applied.append((cls, op_args, output))):
+        info.op(*leaves, **kwargs)
+    ((cls, op_args, output),) = applied  # the one Function the public function applied, and its arguments
+    differentiable = [a for a in op_args if isinstance(a, torch.Tensor) and a.requires_grad]
+    needs_input_grad = tuple(isinstance(a, torch.Tensor) and a.requires_grad for a in op_args)
+    grad_out = torch.ones_like(output)
+    apply = super(torch.autograd.Function, cls).apply
+
+    def kernels_only():
+        torch._C._set_grad_enabled(False)  # as inside apply and the engine (create_graph=False)
+        ctx = KernelsOnlyContext(needs_input_grad)
+        cls.setup_context(ctx, op_args, cls.forward(*op_args))
+        cls.backward(ctx, grad_out)
+        torch._C._set_grad_enabled(True)
+
+    def function_only():
+        torch.autograd.grad(apply(*op_args), differentiable, grad_out)
+
+    torch_twin = forward_and_backward(info.reference, leaves, kwargs)[1]
+    public = forward_and_backward(info.op, leaves, kwargs)[1]
+    t_torch, t_kernels, t_function, t_public = time_rounds([torch_twin, kernels_only, function_only, public], device,
+                                                           repeats)  # fmt: skip
+    per_round = list(zip(t_torch, t_kernels, t_function, t_public, strict=True))
+    machinery = statistics.median(f - k for _, k, f, _ in per_round)
+    wrapper = statistics.median(p - f for _, _, f, p in per_round)
+    medians = [statistics.median(t) * 1e6 for t in (t_torch, t_kernels, t_function, t_public)]
+    return [info.name, *medians, paired_ratio(t_function, t_torch), paired_ratio(t_public, t_torch), machinery * 1e6,
+            wrapper * 1e6]  # fmt: skip
+
+
+BREAKDOWN_COLUMNS = ["op", "torch µs", "our kernels alone µs", "our Function (C++ apply) µs", "custom_ops µs",
+                     "Function/torch", "custom/torch", "machinery µs", "wrapper µs"]  # fmt: skip
 
 
 def main() -> None:
@@ -126,12 +158,13 @@ def main() -> None:
     columns = ["op", "size", "fwd custom µs", "fwd torch µs", "fwd ratio", "fwd+bwd custom µs", "fwd+bwd torch µs",
                "fwd+bwd ratio"]  # fmt: skip
     print_table("custom / native, float32", columns, rows)
-    breakdown = overhead_breakdown(device, args.repeats)
-    print_table("where 64x64 sigmoid forward + backward time goes (interleaved rounds)",
-                ["variant", "µs", "/ torch.sigmoid"], breakdown)  # fmt: skip
+    breakdown = [overhead_breakdown(info, device, args.repeats) for info in OP_DB if not wanted or info.name in wanted]
+    print_table("where each op's 64x64 forward + backward time goes (same rounds; machinery = Function - kernels "
+                "alone, wrapper = custom_ops - Function)", BREAKDOWN_COLUMNS, breakdown)  # fmt: skip
+    keys = ["op", "torch_us", "kernels_only_us", "function_us", "custom_ops_us", "function_over_torch",
+            "custom_over_torch", "machinery_us", "wrapper_us"]  # fmt: skip
     write_json(args.json, {"header": header(args, device), "results": results,
-                           "overhead_breakdown": [dict(variant=r[0], seconds=r[1] * 1e-6, ratio_to_torch=r[2])
-                                                  for r in breakdown]})  # fmt: skip
+                           "overhead_breakdown": [dict(zip(keys, row, strict=True)) for row in breakdown]})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -127,7 +127,6 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> 
     check_reduction(reduction)
     if target.dtype not in _CLASS_INDEX_DTYPES:
         raise TypeError(f"cross_entropy: target must hold class indices (an integer tensor), got {target.dtype}")
-    num_classes = input.shape[class_dim(input)] if input.dim() > 0 else 0
     expected = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
     if target.shape != expected:
         raise ValueError(
@@ -138,18 +137,23 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean") -> 
         # off the CPU an out-of-range target is a device-side assert that poisons the
         # CUDA context, so check first (one sync); on the CPU torch's kernel checks
         low, high = torch.stack(torch.aminmax(target)).tolist()
-        if low < 0 or high >= num_classes:
-            _raise_out_of_bounds(low if low < 0 else high, num_classes)
+        if low < 0 or high >= _num_classes(input):
+            _raise_out_of_bounds(low if low < 0 else high, input)
     try:
         return CrossEntropy.call(input, target if target.dtype == torch.int64 else target.long(), reduction)
     except IndexError as error:  # torch's "Target 7 is out of bounds."
         bad = int(next(iter(re.findall(r"-?\d+", str(error))), -1))
-        _raise_out_of_bounds(bad, num_classes)
+        _raise_out_of_bounds(bad, input)
 
 
-def _raise_out_of_bounds(bad: int, num_classes: int) -> NoReturn:
+def _num_classes(input: Tensor) -> int:
+    return input.shape[class_dim(input)] if input.dim() > 0 else 0
+
+
+def _raise_out_of_bounds(bad: int, input: Tensor) -> NoReturn:
+    classes = _num_classes(input)  # only counted here, when it is needed: not on every call
     raise IndexError(
-        f"cross_entropy: target {bad} is out of bounds for {num_classes} classes (valid: 0 to {num_classes - 1})"
+        f"cross_entropy: target {bad} is out of bounds for {classes} classes (valid: 0 to {classes - 1})"
     ) from None
 
 

@@ -33,8 +33,9 @@ def check_dim(dim: int, ndim: int) -> int:
 
 def expand_reduced(g, shape, dims, keepdim):
     """Copy g back along the reduced dims: the adjoint of a sum is a broadcast."""
-    if not keepdim and len(shape) > 0:
-        g = g.reshape([1 if d in dims else n for d, n in enumerate(shape)])
+    if not keepdim:
+        for d in dims:  # sorted, so each unit dim lands where its reduced dim was
+            g = g.unsqueeze(d)
     return g.expand(shape)
 
 
