@@ -19,7 +19,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import compare, header, paired_ratio, parser, print_table, setup, time_rounds, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CloneFunction,
+    compare,
+    header,
+    paired_ratio,
+    parser,
+    print_table,
+    setup,
+    time_rounds,
+    write_json,
+)
 from custom_ops.function import observe_ops  # noqa: E402
 from custom_ops.registry import OP_DB  # noqa: E402
 
@@ -127,6 +137,32 @@ def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]
             wrapper * 1e6]  # fmt: skip
 
 
+def machinery_reference(device: torch.device, repeats: int) -> list[list[object]]:
+    """The same three ways for a 64×64 clone, whose kernels torch's own node runs too
+    (clone forward, the gradient passed through backward): here the machinery of a
+    native op and of a custom Function can be told apart, each the time through
+    autograd less the kernels alone."""
+    x = torch.randn(64, 64, device=device, requires_grad=True)
+    grad_out = torch.ones(64, 64, device=device)
+    apply = super(torch.autograd.Function, CloneFunction).apply
+
+    def kernels_only():
+        torch._C._set_grad_enabled(False)
+        x.clone()
+        CloneFunction.backward(None, grad_out)
+        torch._C._set_grad_enabled(True)
+
+    t_kernels, t_native, t_function = time_rounds(
+        [kernels_only, lambda: torch.autograd.grad(x.clone(), [x], grad_out),
+         lambda: torch.autograd.grad(apply(x), [x], grad_out)], device, repeats)  # fmt: skip
+    kernels = statistics.median(t_kernels) * 1e6
+    return [["kernels alone (clone, then g passed back)", kernels, 0.0],
+            ["torch's clone: a native node", statistics.median(t_native) * 1e6,
+             statistics.median(n - k for n, k in zip(t_native, t_kernels)) * 1e6],
+            ["a custom Function around the same clone", statistics.median(t_function) * 1e6,
+             statistics.median(f - k for f, k in zip(t_function, t_kernels)) * 1e6]]  # fmt: skip
+
+
 BREAKDOWN_COLUMNS = ["op", "torch µs", "our kernels alone µs", "our Function (C++ apply) µs", "custom_ops µs",
                      "Function/torch", "custom/torch", "machinery µs", "wrapper µs"]  # fmt: skip
 
@@ -161,10 +197,14 @@ def main() -> None:
     breakdown = [overhead_breakdown(info, device, args.repeats) for info in OP_DB if not wanted or info.name in wanted]
     print_table("where each op's 64x64 forward + backward time goes (same rounds; machinery = Function - kernels "
                 "alone, wrapper = custom_ops - Function)", BREAKDOWN_COLUMNS, breakdown)  # fmt: skip
+    reference = machinery_reference(device, args.repeats)
+    print_table("the machinery itself: a 64x64 clone forward + backward, as torch's node and as a custom Function",
+                ["variant", "µs", "machinery µs (less kernels alone)"], reference)  # fmt: skip
     keys = ["op", "torch_us", "kernels_only_us", "function_us", "custom_ops_us", "function_over_torch",
             "custom_over_torch", "machinery_us", "wrapper_us"]  # fmt: skip
     write_json(args.json, {"header": header(args, device), "results": results,
-                           "overhead_breakdown": [dict(zip(keys, row, strict=True)) for row in breakdown]})  # fmt: skip
+                           "overhead_breakdown": [dict(zip(keys, row, strict=True)) for row in breakdown],
+                           "machinery_reference": [dict(variant=v, us=t, machinery_us=m) for v, t, m in reference]})  # fmt: skip
 
 
 if __name__ == "__main__":

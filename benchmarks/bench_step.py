@@ -36,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    CloneFunction,
     compare,
     header,
     paired_ratio,
@@ -145,23 +146,6 @@ def floor_step(config: Config, device: torch.device):
                 torch.mm(g, w)
 
     return step
-
-
-class CloneFunction(torch.autograd.Function):
-    """y = x.clone(), dL/dx = g: torch's own clone, wrapped in the least a custom
-    Function can be, so that against `Tensor.clone` it costs only the machinery."""
-
-    @staticmethod
-    def forward(x):
-        return x.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def function_call_cost(config: Config, device: torch.device, repeats: int) -> list[list[object]]:

@@ -27,6 +27,9 @@ def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) 
     assert row["op"] == "sum" and all(row[k] > 0 for k in ("torch_us", "kernels_only_us", "function_us", "custom_ops_us"))
     assert math.isclose(row["custom_over_torch"] * row["torch_us"], row["custom_ops_us"], rel_tol=0.5)
     assert "where each op's 64x64 forward + backward time goes" in done.stdout
+    assert [r["variant"].split(":")[0] for r in payload["machinery_reference"]] == [
+        "kernels alone (clone, then g passed back)", "torch's clone", "a custom Function around the same clone"]
+    assert all(r["us"] > 0 for r in payload["machinery_reference"])
 
 
 def test_the_kernels_only_run_computes_the_ops_gradient() -> None:
