@@ -6,9 +6,10 @@ that reaches the target (default 97%). "warm" times run in this process after im
 (train.py's main(): data, model, epochs with its evaluation, TensorBoard logging and
 checkpoints; sklearn: partial_fit one epoch at a time, then score); "process" times
 are a fresh Python process doing the whole job, imports included: ours runs train.py's
-main(); sklearn's loads digits with sklearn.datasets as train.py does, reads train.py's
-split of it from a file (making the split needs only numpy, but the `training` package
-imports torch, which sklearn's process must not pay for), then fits. Each is the median
+main(); sklearn's loads digits with sklearn.datasets (the arrays train.py reads from
+scikit-learn's data files), reads train.py's split of it from a file (making the split
+needs only numpy, but the `training` package imports torch, which sklearn's process must
+not pay for), then fits. Each is the median
 of --repeats runs, ours and sklearn's alternating. `--device cuda` trains ours on the
 GPU (scikit-learn has only the CPU).
 
@@ -64,7 +65,7 @@ def sklearn_to_target(split_path: Path, target: float, max_epochs: int = 400) ->
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    load_digits()  # the loading train.py does too; the split itself comes from the file
+    load_digits()  # scikit-learn's own way to load what train.py reads; the split comes from the file
     split = np.load(split_path)
     x_train, y_train, x_val, y_val = split["x_train"], split["y_train"], split["x_val"], split["y_val"]
     classes = sorted(set(y_train.tolist()))
