@@ -70,18 +70,21 @@ class Linear(Op):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
+        x, weight, _ = inputs
         need_dx, need_dweight, _ = ctx.needs_input_grad
-        ctx.bias_shape = None if bias is None else bias.shape
         ctx.save_for_backward(x if need_dweight else None, weight if need_dx else None)
         ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        dx = g @ weight if ctx.needs_input_grad[0] else None
-        dweight = batch_rows(g).mT @ batch_rows(x) if ctx.needs_input_grad[1] else None
-        dbias = unbroadcast(g, ctx.bias_shape) if ctx.needs_input_grad[2] else None
+        need_dx, need_dweight, need_dbias = ctx.needs_input_grad
+        dx = g @ weight if need_dx else None
+        if g.dim() != 2:  # no batch dim or several: one batch of rows (the usual (N, n) needs no reshape)
+            g = batch_rows(g)
+            x = batch_rows(x) if need_dweight else x
+        dweight = g.mT @ x if need_dweight else None
+        dbias = g.sum(0) if need_dbias else None
         return dx, dweight, dbias
 
     @staticmethod
