@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .function import call_backward_directly
+from .function import call_backward_directly, unbroadcast
 from .functional import check_linear_shapes
 from .linalg import batch_rows
 
@@ -57,7 +57,7 @@ class LinearSGDStep(torch.autograd.Function):
         if need_dweight and ctx.lr:
             weight.addmm_(g.mT, x.to(weight.dtype), alpha=-ctx.lr)
         if need_dbias and ctx.lr:
-            bias.add_(g.sum(0), alpha=-ctx.lr)
+            bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
         return dx, None, None, None
 
 

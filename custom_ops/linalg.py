@@ -70,8 +70,9 @@ class Linear(Op):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, _ = inputs
+        x, weight, bias = inputs
         need_dx, need_dweight, _ = ctx.needs_input_grad
+        ctx.bias_shape = None if bias is None else bias.shape
         ctx.save_for_backward(x if need_dweight else None, weight if need_dx else None)
         ctx.save_for_forward(x, weight)
 
@@ -84,7 +85,7 @@ class Linear(Op):
             g = batch_rows(g)
             x = batch_rows(x) if need_dweight else x
         dweight = g.mT @ x if need_dweight else None
-        dbias = g.sum(0) if need_dbias else None
+        dbias = unbroadcast(g, ctx.bias_shape) if need_dbias else None
         return dx, dweight, dbias
 
     @staticmethod
