@@ -36,6 +36,7 @@ from training import (
     RunLogger,
     UserError,
     check_run_name,
+    compile_model,
     create_run_dir,
     evaluate,
     layer_grad_norms,
@@ -446,7 +447,7 @@ def train(argv: list[str] | None = None) -> int:
             return logits, group.share_of_mean_loss(model, logits, y, global_batch)
 
     if config["compile"] and group is None:  # (under torchrun the model inside DDP is compiled instead, below)
-        forward_and_loss = torch.compile(forward_and_loss, fullgraph=True)
+        forward_and_loss = compile_model(forward_and_loss)
 
     history: list[dict[str, float]] = []
     best: dict[str, float] | None = None
@@ -479,7 +480,7 @@ def train(argv: list[str] | None = None) -> int:
     # every rank rank 0's weights); everything else uses the model itself. With --compile,
     # DDP runs the compiled model: DDP's own forward cannot be traced into one graph
     if group:
-        step_model = group.wrap(torch.compile(model, fullgraph=True) if config["compile"] else model)
+        step_model = group.wrap(compile_model(model) if config["compile"] else model)
     else:
         step_model = model
 

@@ -13,8 +13,9 @@ Memory: bytes saved for backward per step (summed per save, and each storage onc
 the peak memory five steps add over what the process held before them, in a fresh child
 process per variant (on the CPU the kernel's resident high-water mark, VmHWM, reset
 before the steps: Linux only; on CUDA torch.cuda's allocator statistics). With
---compile, the same steps under torch.compile (custom with fullgraph=True), with
-compile times, after the eager tables are printed.
+--compile, the same steps under torch.compile as train.py --compile runs it (both
+models: `training.compile_model`, fullgraph=True), with compile times, after the eager
+tables are printed.
 
     python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--json out.json]
 """
@@ -48,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 from models import MLP  # noqa: E402
+from training.runtime import compile_model  # noqa: E402
 
 NATIVE_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -101,7 +103,7 @@ def make_step(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, compi
     def loss_of(x, y):
         return loss_fn(model(x), y)
 
-    forward = torch.compile(loss_of, fullgraph=True) if compile_ else loss_of
+    forward = compile_model(loss_of) if compile_ else loss_of  # as train.py --compile compiles
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -49,3 +49,27 @@ def test_amp_on_cuda_uses_float16_with_a_grad_scaler(tmp_path):
     assert train.main([*on_cuda, "--logdir", str(tmp_path), "--run-name", "cuda-amp", "--amp", "--epochs", "3"]) == 0
     metrics = json.loads((tmp_path / "cuda-amp" / "metrics.json").read_text())
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+
+def test_compiled_model_still_follows_grad_mode_autocast_and_its_weights():
+    """train.py compiles without guards on module globals (training.compile_model);
+    what may change during a run is still guarded: grad mode (evaluation runs under
+    no_grad), autocast (--amp), and the weights and inputs."""
+    from models import MLP
+    from training import compile_model
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MLP(4, (8,), 3, "relu")
+    compiled = compile_model(model)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(compiled(x), model(x))
+    assert compiled(x).requires_grad
+    with torch.no_grad():
+        assert not compiled(x).requires_grad
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(x).dtype == torch.bfloat16
+    with torch.no_grad():
+        model.layers[0].weight.mul_(2)
+    torch.testing.assert_close(compiled(x), model(x))
+    assert compiled(torch.randn(2, 4)).shape == (2, 3)

@@ -25,12 +25,12 @@ from .errors import UserError
 from .evaluation import Evaluation, evaluate
 from .logging import NullLogger, RunLogger
 from .runs import check_run_name, create_run_dir, default_run_name, write_json
-from .runtime import resolve_device
+from .runtime import compile_model, resolve_device
 
 __all__ = [
     "ActivationMonitor", "BUILTIN_DATASETS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Dataset", "Evaluation",
-    "NullLogger", "RunLogger", "Split", "UserError", "check_run_name", "create_run_dir", "default_run_name", "evaluate",
-    "layer_grad_norms", "linear_layers", "load_checkpoint", "load_dataset", "load_mnist", "load_model_state",
-    "read_csv", "read_idx", "resolve_device", "restore_rng_state", "rng_state", "save_checkpoint",
-    "split_and_standardize", "write_json",
+    "NullLogger", "RunLogger", "Split", "UserError", "check_run_name", "compile_model", "create_run_dir",
+    "default_run_name", "evaluate", "layer_grad_norms", "linear_layers", "load_checkpoint", "load_dataset",
+    "load_mnist", "load_model_state", "read_csv", "read_idx", "resolve_device", "restore_rng_state", "rng_state",
+    "save_checkpoint", "split_and_standardize", "write_json",
 ]  # fmt: skip

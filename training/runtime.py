@@ -1,4 +1,4 @@
-"""Device choice and threads."""
+"""Device choice, threads, and how train.py compiles."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def resolve_device(requested: str) -> torch.device:
             f"--device {requested}: there is no GPU {device.index} (this machine has {torch.cuda.device_count()})"
         )
     return device
+
+
+def compile_model(fn):
+    """torch.compile(fn, fullgraph=True), as train.py --compile runs it.
+
+    Dynamo guards every global that its trace read (each op's public function, its
+    dispatcher's closure, the Function's forward and setup_context, `torch.softmax` and
+    the like) and checks them all before each call: 290 guard lines for the digits MLP
+    against 109 for the same model in native torch, 37 µs against 21 µs per call, 4 %
+    of a 0.43 ms step. None of those globals changes during a run, so they are not
+    guarded (`skip_guard_on_globals_unsafe`; tensors, modules, grad mode and autocast
+    still are). Where torch is too old to take a guard filter, the default applies."""
+    skip_globals = getattr(torch.compiler, "skip_guard_on_globals_unsafe", None)
+    options = {"guard_filter_fn": skip_globals} if skip_globals is not None else None
+    return torch.compile(fn, fullgraph=True, options=options)
