@@ -60,7 +60,8 @@ def test_split_equals_sklearns_train_test_split(counts, val_fraction, seed):
 @pytest.mark.parametrize(
     "counts,val_fraction,message",
     [
-        ([5, 1, 5], 0.3, "has 1 sample"),
+        ([5, 1, 5], 0.3, "1 of the 3 classes has only 1 sample"),
+        ([1, 4, 1], 0.3, "2 of the 3 classes have only 1 sample"),
         ([3, 3, 3], 0.1, "validation set would have 1 samples, fewer than the 3 classes"),
         ([3, 3, 3], 0.85, "training set would have 1 samples"),
         ([3, 3], 0.9999999, "training set would be empty"),

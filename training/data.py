@@ -304,7 +304,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         raise ValueError(f"the training set would be empty ({n_samples} samples)")
     classes, class_of, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
     if class_counts.min() < 2:
-        raise ValueError(f"class {classes[class_counts.argmin()]} has 1 sample; each class needs at least 2")
+        lonely = int((class_counts < 2).sum())
+        raise ValueError(f"{lonely} of the {len(classes)} classes {'has' if lonely == 1 else 'have'} only 1 sample; "
+                         "each class needs at least 2")  # fmt: skip
     for name, size in (("training", n_train), ("validation", n_val)):
         if size < len(classes):
             raise ValueError(f"the {name} set would have {size} samples, fewer than the {len(classes)} classes")
