@@ -52,10 +52,8 @@ class LinearSGDStep(torch.autograd.Function):
         need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad  # (lr = 0: no step to take)
         g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
         dx = g @ weight if need_dx else None  # before W moves
-        if g.dim() != 2:  # no batch dim or several: one batch of rows (the usual (N, n) needs no reshape)
-            g, x = batch_rows(g), batch_rows(x)
         if need_dweight and ctx.lr:
-            weight.addmm_(g.mT, x.to(weight.dtype), alpha=-ctx.lr)
+            weight.addmm_(batch_rows(g).mT, batch_rows(x).to(weight.dtype), alpha=-ctx.lr)
         if need_dbias and ctx.lr:
             bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
         return dx, None, None, None

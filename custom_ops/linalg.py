@@ -49,9 +49,10 @@ class Matmul(Op):
 
 def batch_rows(t: torch.Tensor) -> torch.Tensor:
     """(*, n) as (rows, n): every leading dim of a linear layer's input is a batch dim, so
-    one matrix product gᵀ x over the rows sums dL/dW over all of them. (Explicit rows,
-    not -1: a (0, 0) tensor has no unique -1.)"""
-    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+    one matrix product gᵀ x over the rows sums dL/dW over all of them. The usual (N, n)
+    comes back as it is, with no reshape (this runs in every backward of every layer).
+    (Explicit rows, not -1: a (0, 0) tensor has no unique -1.)"""
+    return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 class Linear(Op):
@@ -81,10 +82,7 @@ class Linear(Op):
         x, weight = ctx.saved_tensors
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad
         dx = g @ weight if need_dx else None
-        if g.dim() != 2:  # no batch dim or several: one batch of rows (the usual (N, n) needs no reshape)
-            g = batch_rows(g)
-            x = batch_rows(x) if need_dweight else x
-        dweight = g.mT @ x if need_dweight else None
+        dweight = batch_rows(g).mT @ batch_rows(x) if need_dweight else None
         dbias = unbroadcast(g, ctx.bias_shape) if need_dbias else None
         return dx, dweight, dbias
 
