@@ -7,6 +7,7 @@ derivative is the hand-written one in `Sigmoid.backward`.
 from __future__ import annotations
 
 import re
+import warnings
 from numbers import Number
 from typing import NoReturn
 
@@ -166,5 +167,12 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, reduction
 
 def mse_loss(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
     check_reduction(reduction)
+    if target.shape != input.shape:  # F.mse_loss's warning, word for word
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.",
+            stacklevel=2,
+        )
     return MSELoss.call(input, target, reduction)
 

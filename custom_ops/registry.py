@@ -134,6 +134,12 @@ def loss_samples(target: Callable[..., torch.Tensor], shapes) -> SampleGen:
     return samples
 
 
+def mse_samples():
+    yield from loss_samples(make, [(5,), (), (0, 2)])()
+    for x_shape, y_shape in (((5, 4), (4,)), ((5, 1), (5, 4))):  # torch broadcasts them (and warns)
+        yield Sample((make(*x_shape), make(*y_shape)), desc="broadcast")
+
+
 def cross_entropy_samples():
     for reduction in ("mean", "sum", "none"):
         yield Sample((make(5, 4), labels(5, num_classes=4)), {"reduction": reduction})
@@ -192,7 +198,7 @@ OP_DB: list[OpInfo] = [
            LS.BinaryCrossEntropyWithLogits, F.binary_cross_entropy_with_logits, "dz = (σ(z) − y) g, dy = −z g",
            loss_samples(lambda *s: make(*s, low=0.0, high=1.0), [(5,), ()]), bce_extremes),
     OpInfo("mse_loss", C.mse_loss, LS.MSELoss, F.mse_loss, "dx = 2 (x − y) g, dy = −2 (x − y) g",
-           loss_samples(make, [(5,), (), (0, 2)])),
+           mse_samples),
 ]  # fmt: skip
 
 OPS_BY_NAME: dict[str, OpInfo] = {info.name: info for info in OP_DB}

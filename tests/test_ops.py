@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from unittest import mock
 
 import pytest
@@ -168,6 +169,23 @@ def test_reduction_dims_are_checked_like_torch(name, shape, dim):
             getattr(custom_ops, name)(x, dim)
     else:
         torch.testing.assert_close(getattr(custom_ops, name)(x, dim), expected)
+
+
+def _warnings_of(fn, *args) -> list[tuple[str, str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn(*args)
+    return [(str(w.message), w.filename) for w in caught]
+
+
+@pytest.mark.parametrize("shapes", [((5, 4), (4,)), ((5, 1), (5, 4)), ((3,), (3,))], ids=str)
+def test_mse_loss_warns_like_torch_when_sizes_differ(shapes):
+    # the forward skips F.mse_loss's Python, so the public function gives its warning,
+    # pointing at the caller's line as torch's does
+    x, y = (torch.randn(shape) for shape in shapes)
+    ours, torchs = _warnings_of(custom_ops.mse_loss, x, y), _warnings_of(torch.nn.functional.mse_loss, x, y)
+    assert ours == [(message, __file__) for message, _ in torchs]
+    assert len(ours) == (shapes[0] != shapes[1])
 
 
 def test_cross_entropy_refuses_float_targets_and_bad_reduction():
