@@ -11,7 +11,9 @@ scikit-learn's data files), reads train.py's split of it from a file (making the
 needs only numpy, but the `training` package imports torch, which sklearn's process must
 not pay for), then fits. Each is the median
 of --repeats runs, ours and sklearn's alternating. `--device cuda` trains ours on the
-GPU (scikit-learn has only the CPU).
+GPU (scikit-learn has only the CPU). A second table times, in the same rounds, fresh
+processes that only import (nothing; torch; torch and torch._dynamo, which torch.optim
+imports at first use; scikit-learn's MLPClassifier): the floor under the process times.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_time_to_accuracy.py [--target 0.97] [--threads 1] [--device cuda]
 """
@@ -89,6 +91,23 @@ def process_seconds(which: str, target: float, threads: int, device: str, split_
     return float(done.stdout.split()[-1]) - started
 
 
+# What a fresh process pays before any work: the floor under each "process" time.
+IMPORT_FLOORS = {
+    "python, nothing imported": "",
+    "import torch": "import torch",
+    "import torch, torch._dynamo": "import torch, torch._dynamo",  # torch.optim imports it at first use
+    "import sklearn's MLPClassifier": "import sklearn.datasets, sklearn.neural_network",
+}
+
+
+def import_seconds(statement: str) -> float:
+    """From starting a fresh Python process to the end of `statement`."""
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", f"{statement}\nimport time\nprint(time.time())"],
+                          check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    return float(done.stdout.split()[-1]) - started
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", type=float, default=0.97)
@@ -118,6 +137,7 @@ def main() -> None:
     # warm-up: pay the imports (torch.optim pulls in torch._dynamo, ~1.7 s here; sklearn
     # pulls in scipy) before the warm timings
     ours, theirs, ours_proc, theirs_proc = [], [], [], []
+    imports: dict[str, list[float]] = {name: [] for name in IMPORT_FLOORS}
     with tempfile.TemporaryDirectory() as scratch:
         split_path = save_split("digits", Path(scratch) / "digits.npz")
         ours_to_target(0.0, args.threads, args.device, max_epochs=1)
@@ -127,6 +147,8 @@ def main() -> None:
             theirs.append(sklearn_to_target(split_path, args.target))
             ours_proc.append(process_seconds("ours", args.target, args.threads, args.device, split_path))
             theirs_proc.append(process_seconds("sklearn", args.target, args.threads, args.device, split_path))
+            for name, statement in IMPORT_FLOORS.items():
+                imports[name].append(import_seconds(statement))
     rows = []
     for name, runs, proc in (("train.py (defaults)", ours, ours_proc),
                              ("sklearn MLPClassifier(128)", theirs, theirs_proc)):  # fmt: skip
@@ -135,7 +157,12 @@ def main() -> None:
     rows.append(["ratio ours / sklearn", "", "", rows[0][3] / rows[1][3], rows[0][4] / rows[1][4]])
     print_table(f"time to {args.target:.0%} validation accuracy on digits (s)",
                 ["model", "epoch reached", "val accuracy", "warm s", "process s"], rows)  # fmt: skip
-    write_json(args.json, {"header": header, "rows": rows})
+    sklearn_process = rows[1][4]
+    import_rows = [[name, statistics.median(runs), statistics.median(runs) / sklearn_process]
+                   for name, runs in imports.items()]  # fmt: skip
+    print_table("a fresh process that only imports (s): the floor under the process times",
+                ["imports", "process s", "÷ sklearn's process to target"], import_rows)  # fmt: skip
+    write_json(args.json, {"header": header, "rows": rows, "imports": import_rows})
 
 
 if __name__ == "__main__":

@@ -112,3 +112,11 @@ def test_sklearn_workers_do_not_import_torch(tmp_path: Path, script: str, worker
             "assert 'torch' not in sys.modules, 'the sklearn worker imported torch'")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_import_floors_time_a_fresh_process_to_the_end_of_its_statement() -> None:
+    from benchmarks.bench_time_to_accuracy import IMPORT_FLOORS, import_seconds
+
+    for statement in IMPORT_FLOORS.values():
+        compile(statement, "<floor>", "exec")
+    assert import_seconds("import time; time.sleep(0.2)") >= 0.2  # a lower bound: a sleep cannot be cut short
