@@ -154,6 +154,33 @@ def test_dead_relu_fraction_counts_units_that_never_fire():
     assert stats["layer1/relu_zero_grad_fraction"] == 0.5
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_combined_shard_statistics_are_those_of_the_whole_batch(activation):
+    """What each rank of a torchrun job does (Group.all_reduce_activation_stats), with the
+    all-reduce played by hand: rank 1's tensors are added to (or maxed with) rank 0's."""
+    from models import MLP
+    from training import ActivationMonitor
+
+    torch.manual_seed(0)
+    model = MLP(3, [6, 5], 2, activation)
+    with torch.no_grad():
+        model.layers[0].bias[:2] = -10.0  # dead on both shards
+        model.layers[0].bias[2] = 10.0
+    x = torch.randn(12, 3)
+    x[:7, 0] = 5.0  # the shards differ, and are of unequal sizes
+    whole, rank0, rank1 = (ActivationMonitor(model) for _ in range(3))
+    for monitor, batch in ((whole, x), (rank0, x[:7]), (rank1, x[7:])):
+        with monitor.recording():
+            model(batch)
+    rank1_tensors: list[torch.Tensor] = []
+    keep = lambda t: rank1_tensors.append(t) or t  # noqa: E731
+    rank1.combine(add_up=keep, any_of=keep)
+    rank0.combine(add_up=lambda t: t + rank1_tensors.pop(0), any_of=lambda t: torch.maximum(t, rank1_tensors.pop(0)))
+    assert not rank1_tensors
+    assert rank0.summary() == pytest.approx(whole.summary(), rel=1e-6)  # each shard sums in float32
+    assert rank0.summary().keys() == whole.summary().keys()
+
+
 def test_logistic_regression_binary_and_zero_init_train(tmp_path, capsys):
     code = train.main(["--model", "lr", "--dataset", "breast_cancer", "--epochs", "2", "--init", "zero",
                        "--threads", "1", "--logdir", str(tmp_path), "--run-name", "lr"])  # fmt: skip

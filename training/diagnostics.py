@@ -11,7 +11,7 @@ relu's output is 0 exactly where z ≤ 0) by forward hooks during an evaluation 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -70,6 +70,20 @@ class ActivationMonitor:
     def _add(self, key: str, total: Tensor, count: int) -> None:
         self._sums[key] = self._sums.get(key, 0) + total.double()
         self._counts[key] = self._counts.get(key, 0) + count
+
+    def combine(self, add_up: Callable[[Tensor], Tensor], any_of: Callable[[Tensor], Tensor]) -> None:
+        """Make this recording's statistics those of several monitors that each saw a
+        shard of the data (`training.distributed` passes all-reduces): sums and counts
+        add up, element by element (`add_up`); a unit was active if it was active in
+        any shard (`any_of`, given 0/1 ints)."""
+        keys = sorted(self._sums)
+        if keys:
+            sums = add_up(torch.stack([self._sums[key].double() for key in keys]))
+            counts = add_up(torch.tensor([self._counts[key] for key in keys], dtype=torch.float64))
+            self._sums = dict(zip(keys, sums, strict=True))
+            self._counts = {key: round(count) for key, count in zip(keys, counts.tolist(), strict=True)}
+        for layer, active in sorted(self._ever_active.items()):
+            self._ever_active[layer] = any_of(active.to(torch.int32)).bool()
 
     def summary(self) -> dict[str, float]:
         """{'layer1/sigmoid_mean_derivative': …, 'layer1/relu_dead_fraction': …} for the recording."""

@@ -239,18 +239,16 @@ class Group:
     def all_reduce_activation_stats(self, monitor: ActivationMonitor) -> None:
         """Turn each rank's activation statistics (of its shard) into those of the whole
         split: sums and counts add up; a unit is dead if it was inactive on every rank."""
-        keys = sorted(monitor._sums)
-        if keys:
-            sums = torch.stack([monitor._sums[key].to(self.device, torch.float64) for key in keys])
-            counts = torch.tensor([monitor._counts[key] for key in keys], dtype=torch.float64, device=self.device)
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-            monitor._sums = dict(zip(keys, sums, strict=True))
-            monitor._counts = {key: round(count) for key, count in zip(keys, counts.tolist(), strict=True)}
-        for layer, active in sorted(monitor._ever_active.items()):
-            active = active.to(torch.int32)
-            dist.all_reduce(active, op=dist.ReduceOp.MAX)
-            monitor._ever_active[layer] = active.bool()
+
+        def all_reduce(op: dist.ReduceOp) -> Callable[[Tensor], Tensor]:
+            def reduce(tensor: Tensor) -> Tensor:
+                tensor = tensor.to(self.device)  # the backend's device (NCCL: the GPU)
+                dist.all_reduce(tensor, op=op)
+                return tensor
+
+            return reduce
+
+        monitor.combine(add_up=all_reduce(dist.ReduceOp.SUM), any_of=all_reduce(dist.ReduceOp.MAX))
 
     # ------------------------------------------------------------------ coordination
 
