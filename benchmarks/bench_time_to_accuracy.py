@@ -82,13 +82,18 @@ def sklearn_to_target(split_path: Path, target: float, max_epochs: int = 400) ->
     raise RuntimeError(f"MLPClassifier did not reach {target:.0%} in {max_epochs} epochs")
 
 
-def process_seconds(which: str, target: float, threads: int, device: str, split_path: Path) -> float:
-    """From starting a fresh Python process to the moment it reaches the target."""
+def seconds_in_fresh_process(command: list[str]) -> float:
+    """From starting `command` to the clock time (time.time()) it prints last."""
     started = time.time()
-    command = [sys.executable, __file__, "--worker", which, "--target", str(target), "--threads", str(threads),
-               "--device", device, "--split", str(split_path)]  # fmt: skip
     done = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
     return float(done.stdout.split()[-1]) - started
+
+
+def process_seconds(which: str, target: float, threads: int, device: str, split_path: Path) -> float:
+    """From starting a fresh Python process to the moment it reaches the target."""
+    command = [sys.executable, __file__, "--worker", which, "--target", str(target), "--threads", str(threads),
+               "--device", device, "--split", str(split_path)]  # fmt: skip
+    return seconds_in_fresh_process(command)
 
 
 # What a fresh process pays before any work: the floor under each "process" time.
@@ -102,10 +107,7 @@ IMPORT_FLOORS = {
 
 def import_seconds(statement: str) -> float:
     """From starting a fresh Python process to the end of `statement`."""
-    started = time.time()
-    done = subprocess.run([sys.executable, "-c", f"{statement}\nimport time\nprint(time.time())"],
-                          check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    return float(done.stdout.split()[-1]) - started
+    return seconds_in_fresh_process([sys.executable, "-c", f"{statement}\nimport time\nprint(time.time())"])
 
 
 def main() -> None:

@@ -173,7 +173,11 @@ def test_combined_shard_statistics_are_those_of_the_whole_batch(activation):
         with monitor.recording():
             model(batch)
     rank1_tensors: list[torch.Tensor] = []
-    keep = lambda t: rank1_tensors.append(t) or t  # noqa: E731
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:  # rank 1's side of each all-reduce
+        rank1_tensors.append(tensor)
+        return tensor
+
     rank1.combine(add_up=keep, any_of=keep)
     rank0.combine(add_up=lambda t: t + rank1_tensors.pop(0), any_of=lambda t: torch.maximum(t, rank1_tensors.pop(0)))
     assert not rank1_tensors
