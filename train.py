@@ -53,6 +53,7 @@ from training import (
 )
 from training import distributed
 from training.checkpoint import atomic_write, remove_stale_temp_files
+from training.optim import SGD, Adam
 from training.runs import default_run_name
 from training.runtime import DEVICE_PATTERN
 
@@ -431,7 +432,8 @@ def train(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as error:  # only a damaged checkpoint's config gets here
         raise UserError(f"cannot build the model: {error}") from None
     model.to(device)
-    optimizer_class = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config["optimizer"]]
+    # torch.optim's updates, without its import of torch._dynamo (training/optim.py says why)
+    optimizer_class = {"adam": Adam, "sgd": SGD}[config["optimizer"]]
     optimizer = optimizer_class(model.parameters(), lr=config["lr"])
     # --amp: autocast picks each op's dtype by its policy (custom_ops.Op.autocast); float16
     # on CUDA needs a GradScaler against underflowing gradients, bfloat16 on the CPU does not
