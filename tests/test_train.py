@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,35 @@ def test_end_to_end_subprocess_writes_event_files_metrics_and_checkpoints(tmp_pa
     assert len(lines) == 2 * 3 + 2
     assert re.fullmatch(r"error\(train\): [0-9.]+", lines[-2])
     assert float(lines[-1].split(": ")[1]) == pytest.approx(1 - history[-1]["val_accuracy"])
+
+
+def test_a_run_imports_neither_torch_dynamo_nor_sympy(tmp_path):
+    # the two imports that made a fresh `python train.py` 1.8x slower than it is now:
+    # torch.optim's first use imports torch._dynamo; add_graph's trace check imports sympy
+    argv = [*FAST, "--epochs", "1", "--logdir", str(tmp_path)]
+    code = (
+        "import sys, train\n"
+        "for optimizer in ('adam', 'sgd'):\n"
+        f"    assert train.main({argv!r} + ['--optimizer', optimizer]) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[]"
+
+
+def test_logged_graph_is_add_graphs_own_traced_without_the_check():
+    from torch.utils.tensorboard._pytorch_graph import graph
+
+    from models import MLP
+    from training.logging import trace_for_graph
+
+    model, x = MLP(4, (8, 6), 3, "sigmoid"), torch.randn(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logged, reference = graph(trace_for_graph(model, x), x)[0], graph(model, x)[0]
+    assert logged == reference and len(logged.node) > 8
+    assert model.training  # traced in eval mode, as add_graph does, and put back
 
 
 def test_relu_and_tanh_diagnostics_are_logged(tmp_path):
