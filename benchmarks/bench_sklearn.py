@@ -103,8 +103,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        # pay the lazy first-use costs (torch.optim imports torch._dynamo, the graph
-        # tracer warms up) before timing the in-process runs
+        # pay the lazy first-use costs (the graph tracer warms up) before timing the in-process runs
         ours_fit("iris", ["--epochs", "1", "--hidden", "4", "--device", args.device], logdir)
         for label, (dataset_name, flags) in OURS.items():
             flags = [*flags, "--device", args.device]
