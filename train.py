@@ -31,7 +31,9 @@ from training import (
     BUILTIN_DATASETS,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    SGD,
     ActivationMonitor,
+    Adam,
     NullLogger,
     RunLogger,
     UserError,
@@ -53,7 +55,6 @@ from training import (
 )
 from training import distributed
 from training.checkpoint import atomic_write, remove_stale_temp_files
-from training.optim import SGD, Adam
 from training.runs import default_run_name
 from training.runtime import DEVICE_PATTERN
 
