@@ -145,6 +145,12 @@ def test_sgd_refuses_momentum_and_a_moment_of_the_wrong_shape() -> None:
     fresh = Adam(twins)
     with pytest.raises(ValueError, match=r"exp_avg has shape \(3, 5\), its parameter \(5, 3\)"):
         fresh.load_state_dict(damaged)
+    damaged["state"][0]["exp_avg"] = [0.0] * 15
+    with pytest.raises(ValueError, match="exp_avg is a list, not a tensor"):
+        fresh.load_state_dict(damaged)
+    del damaged["state"][0]["exp_avg"]
+    with pytest.raises(ValueError, match=r"holds \['exp_avg_sq', 'step'\], not \['step', 'exp_avg', 'exp_avg_sq'\]"):
+        fresh.load_state_dict(damaged)
     assert not fresh.state
 
 

@@ -25,6 +25,7 @@ class Optimizer:
 
     defaults: dict[str, Any]  # the options this optimizer takes, with their defaults
     fixed: dict[str, Any]  # torch.optim's other options, at the values this update implements
+    state_keys: tuple[str, ...] = ()  # what the state of a parameter holds once it has been stepped
 
     def __init__(self, params: Iterable[Tensor], **options: Any) -> None:
         params = list(params)
@@ -88,7 +89,10 @@ class Optimizer:
         state = {}
         for p, index in zip(params, saved["params"]):
             if index in state_dict["state"]:
-                state[p] = {key: self.placed(key, value, p) for key, value in state_dict["state"][index].items()}
+                saved_state = state_dict["state"][index]
+                if sorted(saved_state) != sorted(self.state_keys):
+                    raise ValueError(f"the state dict's state holds {sorted(saved_state)}, not {list(self.state_keys)}")
+                state[p] = {key: self.placed(key, value, p) for key, value in saved_state.items()}
         self.state = state
         self.param_groups[0].update({key: saved[key] for key in self.defaults})
 
@@ -96,6 +100,8 @@ class Optimizer:
     def placed(key: str, value: Tensor, p: Tensor) -> Tensor:
         """As torch.optim loads state: the step count stays where it is (on the CPU), the
         rest goes to the parameter's device and dtype, and must have its shape."""
+        if not isinstance(value, Tensor):
+            raise ValueError(f"the state dict's {key} is a {type(value).__name__}, not a tensor")
         if key == "step":
             return value
         if value.shape != p.shape:
@@ -126,6 +132,7 @@ class Adam(Optimizer):
 
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
     fixed = {"weight_decay": 0, "amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
+    state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
