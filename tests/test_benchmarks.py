@@ -120,3 +120,14 @@ def test_import_floors_time_a_fresh_process_to_the_end_of_its_statement() -> Non
     for statement in IMPORT_FLOORS.values():
         compile(statement, "<floor>", "exec")
     assert import_seconds("import time; time.sleep(0.2)") >= 0.2  # a lower bound: a sleep cannot be cut short
+
+
+def test_ours_process_time_is_a_plain_train_py_read_back_from_its_events() -> None:
+    from benchmarks.bench_time_to_accuracy import ours_process_seconds
+
+    seconds = ours_process_seconds(target=0.0, threads=1, device="cpu", epochs=1)
+    assert 0 < seconds < 600
+    with pytest.raises(RuntimeError, match="did not reach 101%"):
+        ours_process_seconds(target=1.01, threads=1, device="cpu", epochs=1)
+    with pytest.raises(subprocess.CalledProcessError):  # train.py's own exit status is checked
+        ours_process_seconds(target=0.0, threads=1, device="no-such-device", epochs=1)
