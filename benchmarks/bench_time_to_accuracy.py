@@ -66,7 +66,9 @@ def ours_to_target(
 
     with tempfile.TemporaryDirectory() as logdir:
         started = time.time()
-        assert train.main(train_args(threads, device, logdir, max_epochs)) == 0
+        code = train.main(train_args(threads, device, logdir, max_epochs))
+        if code != 0:
+            raise RuntimeError(f"train.py exited with status {code}")
         reached, epoch, accuracy = first_at_target(logdir, target)
     return reached - started, epoch, accuracy
 

@@ -518,6 +518,13 @@ def resume_case(existing_run: Path, tmp_path: Path, case: str) -> tuple[list[str
         del checkpoint["optimizer"]
         torch.save(checkpoint, tmp_path / "damaged.pt")
         return ["--resume", str(tmp_path / "damaged.pt")], r"'optimizer' entry is missing"
+    if case == "optimizer_state":
+        checkpoint = torch.load(last, weights_only=True)
+        checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3, 3)
+        torch.save(checkpoint, tmp_path / "optimizer_state.pt")
+        return ["--resume", str(tmp_path / "optimizer_state.pt")], (
+            r"optimizer state that does not fit: the state dict's exp_avg has shape \(3, 3\), its parameter \(8, 4\)"
+        )
     if case == "bad_config":
         checkpoint = torch.load(last, weights_only=True)
         checkpoint["config"]["batch_size"] = "many"
@@ -542,6 +549,7 @@ def resume_case(existing_run: Path, tmp_path: Path, case: str) -> tuple[list[str
         "pickle",
         "shape",
         "damaged",
+        "optimizer_state",
         "bad_config",
         "conflict",
         "done",

@@ -140,7 +140,7 @@ class Adam(Optimizer):
             if p not in self.state:
                 self.state[p] = self.fresh_state(p)
         states = [self.state[p] for p in params]
-        steps, m, v = ([state[key] for state in states] for key in ("step", "exp_avg", "exp_avg_sq"))
+        steps, m, v = ([state[key] for state in states] for key in self.state_keys)
         torch._foreach_add_(steps, 1)
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -29,7 +31,7 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def compile_model(fn):
+def compile_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     """torch.compile(fn, fullgraph=True), as train.py --compile runs it.
 
     Dynamo guards every global that its trace read (each op's public function, its
