@@ -51,11 +51,14 @@ class LinearSGDStep(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad  # (lr = 0: no step to take)
         g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
-        dx = g @ weight if need_dx else None  # before W moves
-        if need_dweight and ctx.lr:
-            weight.addmm_(batch_rows(g).mT, batch_rows(x).to(weight.dtype), alpha=-ctx.lr)
+        # everything else before the two matrix products, as in Linear.backward
         if need_dbias and ctx.lr:
             bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
+        step_weight = need_dweight and ctx.lr
+        g_rows, x_rows = (batch_rows(g), batch_rows(x).to(weight.dtype)) if step_weight else (None, None)
+        dx = g @ weight if need_dx else None  # before W moves
+        if step_weight:
+            weight.addmm_(g_rows.mT, x_rows, alpha=-ctx.lr)
         return dx, None, None, None
 
 

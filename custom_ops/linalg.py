@@ -81,9 +81,12 @@ class Linear(Op):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad
-        dx = g @ weight if need_dx else None
-        dweight = batch_rows(g).mT @ batch_rows(x) if need_dweight else None
+        # the bias sum and the views first, the matrix products last: Python run right after
+        # a large product finds the caches swept by it and runs slower (benchmarks/RESULTS.md)
         dbias = unbroadcast(g, ctx.bias_shape) if need_dbias else None
+        g_rows, x_rows = (batch_rows(g), batch_rows(x)) if need_dweight else (None, None)
+        dx = g @ weight if need_dx else None
+        dweight = g_rows.mT @ x_rows if need_dweight else None
         return dx, dweight, dbias
 
     @staticmethod
