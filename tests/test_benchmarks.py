@@ -32,6 +32,18 @@ def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) 
     assert all(r["us"] > 0 for r in payload["machinery_reference"])
 
 
+def test_bench_ops_times_elementwise_ops_at_256x1024_and_4096x4096() -> None:
+    """The elementwise target holds "at 256×1024 and larger": both sizes are timed."""
+    from benchmarks.bench_ops import ELEMENTWISE, sizes
+    from custom_ops.registry import OP_DB
+
+    assert ELEMENTWISE <= {info.name for info in OP_DB}
+    for info in OP_DB:
+        expected = [(64, 64), (256, 1024)] + ([(4096, 4096)] if info.name in ELEMENTWISE else [])
+        assert sizes(info.name) == expected, info.name
+    assert {"relu", "sigmoid", "add", "mse_loss"} <= ELEMENTWISE
+
+
 def test_the_kernels_only_run_computes_the_ops_gradient() -> None:
     """The breakdown's "kernels alone" row must run the op's real forward and backward
     through KernelsOnlyContext: its gradient equals autograd's for every op."""
