@@ -15,9 +15,11 @@ process per variant (on the CPU the kernel's resident high-water mark, VmHWM, re
 before the steps: Linux only; on CUDA torch.cuda's allocator statistics). With
 --compile, the same steps under torch.compile as train.py --compile runs it (both
 models: `training.compile_model`, fullgraph=True), with compile times, after the eager
-tables are printed.
+tables are printed. One run's custom / native moves by about ±0.025 from one fresh
+process to the next: --processes N also times the steps in N fresh processes, one after
+another, and prints each ratio's median and range over them.
 
-    python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--json out.json]
+    python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--processes 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -189,6 +191,58 @@ def function_call_cost(config: Config, device: torch.device, repeats: int) -> li
     return rows
 
 
+def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[dict[str, float], tuple]:
+    """One step each of custom, native, a second native model, the GEMM floor and the
+    custom model with fused SGD, all in the same rounds: median seconds, and each ratio
+    a median of per-round ratios. Also returns what the memory and compile tables reuse:
+    (custom, native, x, y, custom step, native step)."""
+    custom, native = build_pair(config, device)
+    x = torch.randn(config.batch, config.in_features, device=device)
+    y = torch.randint(config.num_classes, (config.batch,), device=device)
+    custom_step = make_step(custom, custom.loss, x, y)
+    native_step = make_step(native, F.cross_entropy, x, y)
+    fused, native_again = build_pair(config, device)
+    fused_step = make_fused_step(fused, x, y)
+    native_again_step = make_step(native_again, F.cross_entropy, x, y)
+    r_custom, r_native, r_again, r_floor, r_fused = time_rounds(
+        [custom_step, native_step, native_again_step, floor_step(config, device), fused_step], device, repeats
+    )
+    timing = dict(step_custom_s=statistics.median(r_custom), step_native_s=statistics.median(r_native),
+                  step_native_again_s=statistics.median(r_again), floor_s=statistics.median(r_floor),
+                  step_fused_s=statistics.median(r_fused), custom_over_native=paired_ratio(r_custom, r_native),
+                  native_over_native=paired_ratio(r_again, r_native), custom_over_floor=paired_ratio(r_custom, r_floor),
+                  native_over_floor=paired_ratio(r_native, r_floor), fused_over_native=paired_ratio(r_fused, r_native),
+                  fused_over_floor=paired_ratio(r_fused, r_floor))  # fmt: skip
+    return timing, (custom, native, x, y, custom_step, native_step)
+
+
+def _step_timings_in_child(config: Config, device: str, threads: int, repeats: int, queue) -> None:
+    torch.set_num_threads(threads)
+    queue.put(step_timings(config, torch.device(device), repeats)[0])
+
+
+def step_timings_in_fresh_process(config: Config, device: torch.device, threads: int, repeats: int) -> dict:
+    """step_timings in a new process. Between processes custom / native spreads more
+    than between the rounds of one (±0.025 here: where the allocator, the caches and the
+    models' memory happen to land), so --processes N reports the spread over N."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_step_timings_in_child, args=(config, str(device), threads, repeats, queue))
+    child.start()
+    timing = queue.get(timeout=1800)
+    child.join()
+    return timing
+
+
+SPREAD_KEYS = ("custom_over_native", "native_over_native", "custom_over_floor", "native_over_floor",
+               "fused_over_floor")  # fmt: skip
+
+
+def spread(values: list[float]) -> str:
+    """'median (min–max)' of per-process ratios."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
 def saved_bytes(step) -> tuple[int, int]:
     """Bytes autograd saves for backward in one step: summed per save, and per storage."""
     saved = []
@@ -252,33 +306,26 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
     p.add_argument("--no-digits", action="store_true", help="skip train.py's default digits model")
+    p.add_argument("--processes", type=int, default=1,
+                   help="also time the steps in N fresh processes and print the spread of their ratios")  # fmt: skip
     args = p.parse_args()
+    if args.processes < 1:
+        raise SystemExit(f"error: --processes must be at least 1, got {args.processes}")
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
-    time_rows, fused_rows, memory_rows, compile_rows, results, eager = [], [], [], [], [], []
+    time_rows, fused_rows, memory_rows, compile_rows, process_rows, results, eager = [], [], [], [], [], [], []
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
-        custom, native = build_pair(config, device)
-        x = torch.randn(config.batch, config.in_features, device=device)
-        y = torch.randint(config.num_classes, (config.batch,), device=device)
-        custom_step = make_step(custom, custom.loss, x, y)
-        native_step = make_step(native, F.cross_entropy, x, y)
-        fused, native_again = build_pair(config, device)
-        fused_step = make_fused_step(fused, x, y)
-        native_again_step = make_step(native_again, F.cross_entropy, x, y)
-        # all five in the same rounds; every ratio is a median of per-round ratios
-        r_custom, r_native, r_again, r_floor, r_fused = time_rounds(
-            [custom_step, native_step, native_again_step, floor_step(config, device), fused_step], device, args.repeats
-        )
-        t_custom, t_native, t_again, t_floor, t_fused = map(statistics.median, (r_custom, r_native, r_again, r_floor,
-                                                                                r_fused))  # fmt: skip
-        c_n, a_n, fu_n = (paired_ratio(r, r_native) for r in (r_custom, r_again, r_fused))
-        c_f, n_f, fu_f = (paired_ratio(r, r_floor) for r in (r_custom, r_native, r_fused))
-        time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, c_n, a_n, t_floor * 1e3, c_f,
-                          n_f])  # fmt: skip
-        fused_rows.append([config.name, config.batch, t_fused * 1e3, t_native * 1e3, fu_n, t_floor * 1e3, fu_f])
+        timing, (custom, native, x, y, custom_step, native_step) = step_timings(config, device, args.repeats)
+        t_custom, t_native, t_floor, t_fused = (timing[k] for k in ("step_custom_s", "step_native_s", "floor_s",
+                                                                    "step_fused_s"))  # fmt: skip
+        time_rows.append([config.name, config.batch, t_custom * 1e3, t_native * 1e3, timing["custom_over_native"],
+                          timing["native_over_native"], t_floor * 1e3, timing["custom_over_floor"],
+                          timing["native_over_floor"]])  # fmt: skip
+        fused_rows.append([config.name, config.batch, t_fused * 1e3, t_native * 1e3, timing["fused_over_native"],
+                           t_floor * 1e3, timing["fused_over_floor"]])  # fmt: skip
         sum_c, unique_c = saved_bytes(custom_step)
         sum_n, unique_n = saved_bytes(native_step)
         peak_c = peak_memory(config, "custom", device, args.threads)
@@ -286,12 +333,14 @@ def main() -> None:
         peak_f = peak_memory(config, "fused", device, args.threads)
         memory_rows.append([config.name, sum_c * mib, sum_n * mib, unique_c * mib, unique_n * mib, unique_c / unique_n,
                             peak_c * mib, peak_n * mib, peak_c / peak_n, peak_f * mib, peak_f / peak_n])  # fmt: skip
-        result = dict(config=config.name, batch=config.batch, step_custom_s=t_custom, step_native_s=t_native,
-                      step_native_again_s=t_again, floor_s=t_floor, step_fused_s=t_fused, custom_over_native=c_n,
-                      native_over_native=a_n, custom_over_floor=c_f, native_over_floor=n_f, fused_over_native=fu_n,
-                      fused_over_floor=fu_f, saved_sum_custom=sum_c, saved_sum_native=sum_n,
-                      saved_unique_custom=unique_c, saved_unique_native=unique_n, peak_custom=peak_c,
-                      peak_native=peak_n, peak_fused=peak_f)  # fmt: skip
+        result = dict(config=config.name, batch=config.batch, **timing, saved_sum_custom=sum_c,
+                      saved_sum_native=sum_n, saved_unique_custom=unique_c, saved_unique_native=unique_n,
+                      peak_custom=peak_c, peak_native=peak_n, peak_fused=peak_f)  # fmt: skip
+        if args.processes > 1:
+            per_process = [step_timings_in_fresh_process(config, device, args.threads, args.repeats)
+                           for _ in range(args.processes)]  # fmt: skip
+            result["per_process"] = per_process
+            process_rows.append([config.name, *(spread([run[key] for run in per_process]) for key in SPREAD_KEYS)])
         results.append(result)
         eager.append((config, custom, native, x, y, t_custom))
         print(f"  done: {config.name}", file=sys.stderr)
@@ -301,6 +350,9 @@ def main() -> None:
     print_table("custom with SGD fused into backward (MLP.fuse_sgd): step time (ms), same rounds",
                 ["model", "batch", "fused", "native", "fused/native", "GEMM floor", "fused/floor"],
                 fused_rows)  # fmt: skip
+    if process_rows:
+        print_table(f"the same ratios in {args.processes} fresh processes, each its own rounds: median (min–max)",
+                    ["model", *SPREAD_KEYS], process_rows)  # fmt: skip
     print_table(f"one custom Function call, forward + backward (µs): a clone of the logits ({CONFIGS[0].batch}, "
                 f"{CONFIGS[0].num_classes}), as torch's clone and as a bare custom Function",
                 ["when", "torch clone", "custom Function", "added (median per call)"], call_rows)  # fmt: skip

@@ -106,6 +106,17 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     peak = bench_step.peak_memory(config, "fused", cpu, threads=1, children=1)
     assert peak >= 0 or math.isnan(peak)  # NaN where no resettable resident high-water mark exists
 
+    timing = bench_step.step_timings_in_fresh_process(config, cpu, threads=1, repeats=2)
+    assert set(bench_step.SPREAD_KEYS) <= set(timing) and all(value > 0 for value in timing.values())
+    assert bench_step.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
+
+
+def test_bench_step_refuses_fewer_than_one_process() -> None:
+    done = subprocess.run([sys.executable, "benchmarks/bench_step.py", "--processes", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip() == "error: --processes must be at least 1, got 0"
+    assert done.stdout == ""
+
 
 @pytest.mark.parametrize(
     "script, worker_args",
