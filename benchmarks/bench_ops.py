@@ -2,9 +2,10 @@
 
 Sizes: 64×64 (overhead-bound) and 256×1024 for every op, and for elementwise ops also
 4096×4096 (bandwidth-bound: 64 MiB per tensor, far beyond the caches), float32. Ratios
-are custom / native, measured side by side in this one process. Then, per op at 64×64, where forward + backward time
-goes: our kernels alone (forward, setup_context and backward as plain Python calls),
-our Function through PyTorch's custom-Function machinery, and the public function.
+are custom / native, measured side by side in this one process. Then, per op at 64×64,
+where forward + backward time goes: our kernels alone (forward, setup_context and
+backward as plain Python calls), our Function through PyTorch's custom-Function
+machinery, and the public function.
 
     python benchmarks/bench_ops.py [--device cuda] [--threads 1] [--json out.json]
 """
