@@ -49,15 +49,16 @@ class LinearSGDStep(torch.autograd.Function):
                 "double backward (create_graph=True); use custom_ops.linear and an optimizer for that"
             )
         x, weight, bias = ctx.saved_tensors
-        need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad  # (lr = 0: no step to take)
+        need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad
+        if not ctx.lr:  # lr = 0: no step to take
+            need_dweight = need_dbias = False
         g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
         # everything else before the two matrix products, as in Linear.backward
-        if need_dbias and ctx.lr:
+        if need_dbias:
             bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
-        step_weight = need_dweight and ctx.lr
-        g_rows, x_rows = (batch_rows(g), batch_rows(x).to(weight.dtype)) if step_weight else (None, None)
+        g_rows, x_rows = (batch_rows(g), batch_rows(x).to(weight.dtype)) if need_dweight else (None, None)
         dx = g @ weight if need_dx else None  # before W moves
-        if step_weight:
+        if need_dweight:
             weight.addmm_(g_rows.mT, x_rows, alpha=-ctx.lr)
         return dx, None, None, None
 

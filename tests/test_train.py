@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import assert_one_error_line
+from helpers import REPO, assert_one_error_line, subprocess_env
 import train
 from training import (
     UserError,
@@ -30,7 +29,6 @@ from training import (
     split_and_standardize,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 # small and quick: iris (150 samples), a tiny MLP, one thread, the CPU (bitwise-reproducible)
 FAST = ["--dataset", "iris", "--hidden", "8", "--batch-size", "16", "--threads", "1", "--quiet", "--device", "cpu"]
 EPOCH_TAGS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/learning_rate"]
@@ -57,10 +55,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-
-
-def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -138,7 +132,7 @@ def test_a_run_imports_neither_torch_dynamo_nor_sympy(tmp_path):
         f"    assert train.main({argv!r} + ['--optimizer', optimizer]) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo')))"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "[]"
 
