@@ -389,10 +389,7 @@ class Tanh(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        if may_fuse(g):
-            one = _ONE if y.is_cpu else y.new_ones(())
-            return torch.addcmul(one, y, y, value=-1).mul_(g)  # (1 − y·y) · g, one temporary
-        return g * (1 - y * y)
+        return tanh_grad(y, g)
 
     @staticmethod
     def jvp(ctx, dx):
@@ -424,9 +421,7 @@ class Sigmoid(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        if may_fuse(g):
-            return torch.addcmul(y, y, y, value=-1).mul_(g)  # (y − y·y) · g, one temporary
-        return g * y * (1 - y)
+        return sigmoid_grad(y, g)
 
     @staticmethod
     def jvp(ctx, dx):
@@ -456,12 +451,38 @@ class Relu(Op):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        # for y ≥ 0, sign(y) is exactly [y > 0] (0 at y = 0), as a float: one temporary
-        if may_fuse(g):
-            return torch.sign(y).mul_(g)
-        return g * torch.sign(y)
+        return relu_grad(y, g)
 
     @staticmethod
     def jvp(ctx, dx):
         (y,) = ctx.saved_for_forward
         return dx * torch.sign(y)
+
+
+# ---------------------------------------------------------------- activation derivatives
+# Each activation's backward, from its output y: shared by the ops above and by
+# linear_relu, linear_sigmoid and linear_tanh (custom_ops.linalg). In place on one
+# fresh temporary when may_fuse allows it, the plain formula otherwise.
+
+
+def tanh_grad(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g · (1 − y²)"""
+    if may_fuse(g):
+        one = _ONE if y.is_cpu else y.new_ones(())
+        return torch.addcmul(one, y, y, value=-1).mul_(g)  # (1 − y·y) · g, one temporary
+    return g * (1 - y * y)
+
+
+def sigmoid_grad(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g · y (1 − y)"""
+    if may_fuse(g):
+        return torch.addcmul(y, y, y, value=-1).mul_(g)  # (y − y·y) · g, one temporary
+    return g * y * (1 - y)
+
+
+def relu_grad(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g · [y > 0]"""
+    # for y ≥ 0, sign(y) is exactly [y > 0] (0 at y = 0), as a float: one temporary
+    if may_fuse(g):
+        return torch.sign(y).mul_(g)
+    return g * torch.sign(y)

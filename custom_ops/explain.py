@@ -343,7 +343,8 @@ def _scalar_output(result: Any, recorder: _Recorder) -> tuple[Node, bool]:
 _LETTERS = {
     "Square": "t", "Pow": "t", "Sin": "s", "Cos": "c", "Tanh": "h", "Exp": "e", "Log": "ln",
     "Sigmoid": "a", "Relu": "r", "Add": "u", "Sub": "u", "Mul": "m", "Div": "q", "Maximum": "mx",
-    "Matmul": "z", "Linear": "z", "Sum": "S", "Mean": "M", "Softmax": "p", "LogSoftmax": "lp",
+    "Matmul": "z", "Linear": "z", "LinearRelu": "r", "LinearSigmoid": "a", "LinearTanh": "h", "Sum": "S",
+    "Mean": "M", "Softmax": "p", "LogSoftmax": "lp",
     "CrossEntropy": "L", "BinaryCrossEntropyWithLogits": "L", "MSELoss": "L",
 }  # fmt: skip
 _FUNCTION_OF_CLASS = dict(zip(CLASSES, FUNCTIONS))

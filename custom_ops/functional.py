@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .elementwise import Add, Cos, Div, Exp, Log, Maximum, Mul, Pow, Relu, Sigmoid, Sin, Square, Sub, Tanh
 from .function import as_operand, check_reduction
-from .linalg import Linear, Matmul
+from .linalg import Linear, LinearRelu, LinearSigmoid, LinearTanh, Matmul
 from .losses import BinaryCrossEntropyWithLogits, CrossEntropy, MSELoss, class_dim
 from .reductions import LogSoftmax, Mean, Softmax, Sum, reduced_dims
 
@@ -89,6 +89,24 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     check_linear_shapes("linear", input, weight)
     return Linear.call(input, weight, bias)
+
+
+def linear_relu(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """relu(linear(input, weight, bias)) as one op (models.MLP runs each hidden layer so)."""
+    check_linear_shapes("linear_relu", input, weight)
+    return LinearRelu.call(input, weight, bias)
+
+
+def linear_sigmoid(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """sigmoid(linear(input, weight, bias)) as one op."""
+    check_linear_shapes("linear_sigmoid", input, weight)
+    return LinearSigmoid.call(input, weight, bias)
+
+
+def linear_tanh(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """tanh(linear(input, weight, bias)) as one op."""
+    check_linear_shapes("linear_tanh", input, weight)
+    return LinearTanh.call(input, weight, bias)
 
 
 def check_linear_shapes(op: str, input: Tensor, weight: Tensor) -> None:

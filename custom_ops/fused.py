@@ -7,6 +7,10 @@ update into the product, W ← W − lr·gᵀx as one `addmm_` (GEMM with β = 1
 leaves the step with only the matrix products it needs; the weight gradient never
 exists as a tensor (the idea of LOMO, Lv et al. 2023). The price is what that tensor
 was for: there is no W.grad to clip, log, all-reduce or feed to another optimizer.
+
+With `activation`, the layer's activation (relu, sigmoid, tanh) runs in the same op, in
+place on the product's fresh output, as in custom_ops.linear_relu and the like: backward
+first turns g into dL/dz = f'(z) g, then steps with dL/dz.
 """
 
 from __future__ import annotations
@@ -17,29 +21,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .elementwise import relu_grad, sigmoid_grad, tanh_grad
 from .function import call_backward_directly, unbroadcast
 from .functional import check_linear_shapes
 from .linalg import batch_rows
 
 
 class LinearSGDStep(torch.autograd.Function):
-    """y = x Wᵀ + b; backward returns dL/dx and steps W and b by plain SGD in place
+    """y = f(x Wᵀ + b), f the identity or an activation (relu, sigmoid, tanh, run in place
+    on the product's fresh output); backward returns dL/dx and steps W and b by plain SGD
+    in place
 
-    saves:    x, W and b (the parameters, to step them: no copies)
-    backward: dL/dx = g W                 (first: with W as forward saw it)
-              W ← W − lr Σ_batch gᵀ x     (one addmm_: dL/dW = Σ_batch gᵀ x is never stored)
-              b ← b − lr Σ_batch g        (dL/db = Σ_batch g)
+    saves:    x, W and b (the parameters, to step them: no copies), and y if f is an activation
+    backward: dz = f'(z) g                (from y as f's own op: [y > 0], y (1 − y), 1 − y²)
+              dL/dx = dz W                (first: with W as forward saw it)
+              W ← W − lr Σ_batch dzᵀ x    (one addmm_: dL/dW = Σ_batch dzᵀ x is never stored)
+              b ← b − lr Σ_batch dz       (dL/db = Σ_batch dz)
               returns no gradient for W or b: they have been used (lr = 0: no step)
     """
 
     @staticmethod
-    def forward(x, weight, bias, lr):
-        return F.linear(x, weight, bias)
+    def forward(x, weight, bias, lr, activation):
+        z = F.linear(x, weight, bias)
+        return z if activation is None else ACTIVATIONS[activation][0](z)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, ctx.lr = inputs
-        ctx.save_for_backward(x, weight, bias)
+        x, weight, bias, ctx.lr, ctx.activation = inputs
+        ctx.save_for_backward(x, weight, bias, None if ctx.activation is None else output)
 
     @staticmethod
     def backward(ctx, g):
@@ -48,34 +57,45 @@ class LinearSGDStep(torch.autograd.Function):
                 "fused_linear_sgd: backward takes an SGD step in place, so it cannot build a graph for "
                 "double backward (create_graph=True); use custom_ops.linear and an optimizer for that"
             )
-        x, weight, bias = ctx.saved_tensors
-        need_dx, need_dweight, need_dbias, _ = ctx.needs_input_grad
+        x, weight, bias, y = ctx.saved_tensors
+        need_dx, need_dweight, need_dbias, _, _ = ctx.needs_input_grad
         if not ctx.lr:  # lr = 0: no step to take
             need_dweight = need_dbias = False
-        g = g.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
+        dz = g if ctx.activation is None else ACTIVATIONS[ctx.activation][1](y, g)
+        dz = dz.to(weight.dtype)  # under autocast g comes in the lower dtype; the step is in W's
         # everything else before the two matrix products, as in Linear.backward
         if need_dbias:
-            bias.add_(unbroadcast(g, bias.shape), alpha=-ctx.lr)
-        g_rows, x_rows = (batch_rows(g), batch_rows(x).to(weight.dtype)) if need_dweight else (None, None)
-        dx = g @ weight if need_dx else None  # before W moves
+            bias.add_(unbroadcast(dz, bias.shape), alpha=-ctx.lr)
+        dz_rows, x_rows = (batch_rows(dz), batch_rows(x).to(weight.dtype)) if need_dweight else (None, None)
+        dx = dz @ weight if need_dx else None  # before W moves
         if need_dweight:
-            weight.addmm_(g_rows.mT, x_rows, alpha=-ctx.lr)
-        return dx, None, None, None
+            weight.addmm_(dz_rows.mT, x_rows, alpha=-ctx.lr)
+        return dx, None, None, None, None
+
+
+# each activation: in place on a fresh tensor, and its derivative from its output
+ACTIVATIONS = {"relu": (Tensor.relu_, relu_grad), "sigmoid": (Tensor.sigmoid_, sigmoid_grad),
+               "tanh": (Tensor.tanh_, tanh_grad)}  # fmt: skip
 
 
 _apply = super(torch.autograd.Function, LinearSGDStep).apply  # C++ apply: see function._dispatcher
 call_backward_directly(LinearSGDStep)
 
 
-def fused_linear_sgd(input: Tensor, weight: Tensor, bias: Tensor | None = None, *, lr: float) -> Tensor:
-    """`linear(input, weight, bias)` whose backward also takes `torch.optim.SGD(lr=lr)`'s
-    step (no momentum, no weight decay) on `weight` and `bias`, each only if it requires
-    grad, instead of accumulating their `.grad`. Eager mode only, one backward per
-    forward (a second finds W changed and raises, as autograd does for any in-place
-    change of a saved tensor)."""
+def fused_linear_sgd(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, lr: float, activation: str | None = None
+) -> Tensor:
+    """`linear(input, weight, bias)`, or with `activation` ('relu', 'sigmoid', 'tanh')
+    `linear_relu(input, weight, bias)` and the like, whose backward also takes
+    `torch.optim.SGD(lr=lr)`'s step (no momentum, no weight decay) on `weight` and `bias`,
+    each only if it requires grad, instead of accumulating their `.grad`. Eager mode only,
+    one backward per forward (a second finds W changed and raises, as autograd does for
+    any in-place change of a saved tensor)."""
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         raise RuntimeError("fused_linear_sgd runs in eager mode only (not under torch.compile or torch.func)")
     check_learning_rate(lr)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"fused_linear_sgd: unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     check_linear_shapes("fused_linear_sgd", input, weight)
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and param.requires_grad and not param.is_leaf:
@@ -83,7 +103,7 @@ def fused_linear_sgd(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
                 f"fused_linear_sgd: {name} is computed from other tensors (not a leaf): the step would "
                 "change that result, not a parameter; pass the parameter itself"
             )
-    return _apply(input, weight, bias, float(lr))
+    return _apply(input, weight, bias, float(lr), activation)
 
 
 def check_learning_rate(lr: object) -> None:

@@ -1,11 +1,16 @@
-"""Matrix products: matmul (with broadcast batch dims) and linear (y = x Wᵀ + b)."""
+"""Matrix products: matmul (with broadcast batch dims), linear (y = x Wᵀ + b), and linear
+with its activation as one op (y = f(x Wᵀ + b) for relu, sigmoid and tanh)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
+from .elementwise import relu_grad, sigmoid_grad, tanh_grad
 from .function import Op, save_crosswise, unbroadcast
 
 
@@ -67,30 +72,139 @@ class Linear(Op):
 
     @staticmethod
     def forward(x, weight, bias):
-        return torch.nn.functional.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
-        need_dx, need_dweight, _ = ctx.needs_input_grad
-        ctx.bias_shape = None if bias is None else bias.shape
-        ctx.save_for_backward(x if need_dweight else None, weight if need_dx else None)
-        ctx.save_for_forward(x, weight)
+        save_linear(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        need_dx, need_dweight, need_dbias = ctx.needs_input_grad
-        # the bias sum and the views first, the matrix products last: Python run right after
-        # a large product finds the caches swept by it and runs slower (benchmarks/RESULTS.md)
-        dbias = unbroadcast(g, ctx.bias_shape) if need_dbias else None
-        g_rows, x_rows = (batch_rows(g), batch_rows(x)) if need_dweight else (None, None)
-        dx = g @ weight if need_dx else None
-        dweight = g_rows.mT @ x_rows if need_dweight else None
-        return dx, dweight, dbias
+        return linear_grads(ctx, g, x, weight)
 
     @staticmethod
     def jvp(ctx, dx, dweight, dbias):
         x, weight = ctx.saved_for_forward
-        dy = dx @ weight.mT + x @ dweight.mT
-        return dy if dbias is None else dy + dbias
+        return linear_jvp(x, weight, dx, dweight, dbias)
+
+
+def save_linear(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, *more: Tensor) -> None:
+    """Saves for y = x Wᵀ + b, and `more` (an activation's output) after them: W only if
+    x needs a gradient, x only if W does, as torch's own autograd does."""
+    need_dx, need_dweight, _ = ctx.needs_input_grad
+    ctx.bias_shape = None if bias is None else bias.shape
+    ctx.save_for_backward(x if need_dweight else None, weight if need_dx else None, *more)
+    ctx.save_for_forward(x, weight, *more)
+
+
+def linear_grads(ctx: Any, g: Tensor, x: Tensor | None, weight: Tensor | None) -> tuple:
+    """dL/dx = g W,  dL/dW = Σ_batch gᵀ x,  dL/db = Σ_batch g, each only if needed."""
+    need_dx, need_dweight, need_dbias = ctx.needs_input_grad
+    # the bias sum and the views first, the matrix products last: Python run right after
+    # a large product finds the caches swept by it and runs slower (benchmarks/RESULTS.md)
+    dbias = unbroadcast(g, ctx.bias_shape) if need_dbias else None
+    g_rows, x_rows = (batch_rows(g), batch_rows(x)) if need_dweight else (None, None)
+    dx = g @ weight if need_dx else None
+    dweight = g_rows.mT @ x_rows if need_dweight else None
+    return dx, dweight, dbias
+
+
+def linear_jvp(x: Tensor, weight: Tensor, dx: Tensor, dweight: Tensor, dbias: Tensor | None) -> Tensor:
+    """ẏ = ẋ Wᵀ + x Ẇᵀ + ḃ"""
+    dy = dx @ weight.mT + x @ dweight.mT
+    return dy if dbias is None else dy + dbias
+
+
+# ---------------------------------------------------------------- a linear layer and its activation as one op
+# y = f(x Wᵀ + b) as one Function: f runs in place on the product's fresh output (no
+# second tensor of activations) and autograd runs one node where it would run two. The
+# chain rule through z = x Wᵀ + b: dz = dL/dz = f'(z) · g, computed from y as f's own
+# op computes it, then Linear's three products with dz in place of g.
+
+
+class LinearRelu(Op):
+    """y = relu(x Wᵀ + b)
+
+    saves:    as Linear, and y
+    backward: dL/dx = dz W,  dL/dW = Σ_batch dzᵀ x,  dL/db = Σ_batch dz,  where dz = dL/dz = g · [y > 0]
+    jvp:      ẏ = [y > 0] · (ẋ Wᵀ + x Ẇᵀ + ḃ)
+    """
+
+    autocast = "lower"
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return F.linear(x, weight, bias).relu_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        save_linear(ctx, *inputs, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, y = ctx.saved_tensors
+        return linear_grads(ctx, relu_grad(y, g), x, weight)
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias):
+        x, weight, y = ctx.saved_for_forward
+        return torch.sign(y) * linear_jvp(x, weight, dx, dweight, dbias)
+
+
+class LinearSigmoid(Op):
+    """y = σ(x Wᵀ + b)
+
+    saves:    as Linear, and y
+    backward: dL/dx = dz W,  dL/dW = Σ_batch dzᵀ x,  dL/db = Σ_batch dz,  where dz = dL/dz = g · y (1 − y)
+    jvp:      ẏ = y (1 − y) · (ẋ Wᵀ + x Ẇᵀ + ḃ)
+    """
+
+    autocast = "lower"
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return F.linear(x, weight, bias).sigmoid_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        save_linear(ctx, *inputs, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, y = ctx.saved_tensors
+        return linear_grads(ctx, sigmoid_grad(y, g), x, weight)
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias):
+        x, weight, y = ctx.saved_for_forward
+        return y * (1 - y) * linear_jvp(x, weight, dx, dweight, dbias)
+
+
+class LinearTanh(Op):
+    """y = tanh(x Wᵀ + b)
+
+    saves:    as Linear, and y
+    backward: dL/dx = dz W,  dL/dW = Σ_batch dzᵀ x,  dL/db = Σ_batch dz,  where dz = dL/dz = g · (1 − y²)
+    jvp:      ẏ = (1 − y²) · (ẋ Wᵀ + x Ẇᵀ + ḃ)
+    """
+
+    autocast = "lower"
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return F.linear(x, weight, bias).tanh_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        save_linear(ctx, *inputs, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, y = ctx.saved_tensors
+        return linear_grads(ctx, tanh_grad(y, g), x, weight)
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias):
+        x, weight, y = ctx.saved_for_forward
+        return (1 - y * y) * linear_jvp(x, weight, dx, dweight, dbias)

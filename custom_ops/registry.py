@@ -103,6 +103,16 @@ def linear_samples():
     yield Sample((make(0, 4), make(3, 4), make(3)), desc="empty batch")
 
 
+def linear_activation_samples():
+    """linear_samples, with inputs redrawn until every x Wᵀ + b is at least 0.05 from 0:
+    finite differences must not straddle relu's kink."""
+    for sample in linear_samples():
+        args = sample.args
+        while args[0].numel() and F.linear(*args).abs().min() < 0.05:
+            args = tuple(make(*a.shape) for a in args)
+        yield Sample(args, desc=sample.desc)
+
+
 def reduction_samples():
     yield Sample((make(3, 4),))
     yield Sample((make(3, 4), 1))
@@ -186,6 +196,13 @@ OP_DB: list[OpInfo] = [
            saturating(-1e30, -1.0, 0.0, 1.0, 1e30), saves_output_only=True),
     OpInfo("matmul", C.matmul, L.Matmul, torch.matmul, "da = g bᵀ, db = aᵀ g (unbroadcast)", matmul_samples),
     OpInfo("linear", C.linear, L.Linear, F.linear, "dx = g W, dW = gᵀ x, db = Σ_batch g", linear_samples),
+    OpInfo("linear_relu", C.linear_relu, L.LinearRelu, lambda x, w, b=None: torch.relu(F.linear(x, w, b)),
+           "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = [y > 0] g", linear_activation_samples),
+    OpInfo("linear_sigmoid", C.linear_sigmoid, L.LinearSigmoid,
+           lambda x, w, b=None: torch.sigmoid(F.linear(x, w, b)),
+           "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = y (1 − y) g", linear_activation_samples),
+    OpInfo("linear_tanh", C.linear_tanh, L.LinearTanh, lambda x, w, b=None: torch.tanh(F.linear(x, w, b)),
+           "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = (1 − y²) g", linear_activation_samples),
     OpInfo("sum", C.sum, R.Sum, torch.sum, "dx = g copied along dim", reduction_samples),
     OpInfo("mean", C.mean, R.Mean, torch.mean, "dx = g / n copied along dim", reduction_samples),
     OpInfo("softmax", C.softmax, R.Softmax, F.softmax, "dx = y ⊙ (g − Σ g ⊙ y)", softmax_samples,
@@ -216,14 +233,27 @@ class FusedStepInfo:
     on the reference's gradients)."""
 
     name: str
-    op: Callable  # the public function, custom_ops.<name>(*sample.args, lr=lr)
+    op: Callable  # the public function, custom_ops.<name>(*sample.args, **sample.kwargs, lr=lr)
     function: type[torch.autograd.Function]
-    reference: Callable  # the forward's torch twin
+    reference: Callable  # the forward's torch twin, reference(*sample.args, **sample.kwargs)
     derivative: str
     sample_inputs: SampleGen  # (x, *parameters), float64
 
 
+def linear_then(x, weight, bias=None, activation=None):
+    """fused_linear_sgd's forward twin: F.linear, then torch's activation."""
+    y = F.linear(x, weight, bias)
+    return y if activation is None else getattr(torch, activation)(y)
+
+
+def fused_linear_sgd_samples():
+    yield from linear_samples()
+    for activation in FU.ACTIVATIONS:
+        for sample in linear_activation_samples():
+            yield Sample(sample.args, {"activation": activation}, f"{sample.desc} {activation}".strip())
+
+
 FUSED_DB: list[FusedStepInfo] = [
-    FusedStepInfo("fused_linear_sgd", FU.fused_linear_sgd, FU.LinearSGDStep, F.linear,
-                  "dx = g W; W ← W − lr gᵀx, b ← b − lr Σ_batch g", linear_samples),
+    FusedStepInfo("fused_linear_sgd", FU.fused_linear_sgd, FU.LinearSGDStep, linear_then,
+                  "dz = f'(z) g; dx = dz W; W ← W − lr dzᵀx, b ← b − lr Σ_batch dz", fused_linear_sgd_samples),
 ]  # fmt: skip

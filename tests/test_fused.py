@@ -20,11 +20,11 @@ def leaf(*shape: int, dtype=torch.float64, requires_grad: bool = True) -> torch.
     return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
 
 
-def reference_step(reference, args, g, lr):
+def reference_step(reference, args, g, lr, **kwargs):
     """The torch twin's dL/dx, and the parameters (every arg after x) after
     torch.optim.SGD's step on the twin's gradients."""
     x, *params = (a.detach().clone().requires_grad_(a.requires_grad) for a in args)
-    reference(x, *params).backward(g)
+    reference(x, *params, **kwargs).backward(g)
     torch.optim.SGD(params, lr=lr).step()
     return x.grad, [p.detach() for p in params]
 
@@ -35,11 +35,11 @@ CASES = [pytest.param(info, s, id=f"{info.name}-{i}") for info in FUSED_DB for i
 @pytest.mark.parametrize("info, sample", CASES)
 def test_value_input_gradient_and_step_match_the_twin_and_sgd(info, sample, device):
     x, *params = (a.detach().to(device, copy=True).requires_grad_() for a in sample.args)
-    expected = info.reference(x, *params)
+    expected = info.reference(x, *params, **sample.kwargs)
     g = torch.randn_like(expected)
-    dx_ref, params_ref = reference_step(info.reference, (x, *params), g, LR)
+    dx_ref, params_ref = reference_step(info.reference, (x, *params), g, LR, **sample.kwargs)
 
-    y = info.op(x, *params, lr=LR)
+    y = info.op(x, *params, **sample.kwargs, lr=LR)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
     y.backward(g)
 
@@ -54,7 +54,7 @@ def test_input_gradient_passes_gradcheck(info, sample, device):
     # lr = 0 takes no step, so gradcheck's repeated backward calls over one graph all
     # see the same parameters (a step would bump their version and autograd would refuse)
     x, *params = (a.detach().to(device, copy=True).requires_grad_() for a in sample.args)
-    assert torch.autograd.gradcheck(lambda x: info.op(x, *params, lr=0.0), (x,))
+    assert torch.autograd.gradcheck(lambda x: info.op(x, *params, **sample.kwargs, lr=0.0), (x,))
 
 
 def test_every_fused_function_is_in_the_database_with_its_derivative():
@@ -110,6 +110,21 @@ def test_bad_learning_rate_is_refused(lr):
         build_classifier("mlp", 4, 3, (8,), "relu").fuse_sgd(lr)
 
 
+def walk_graph(output: torch.Tensor):
+    stack, seen = [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            yield node
+            stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        custom_ops.fused_linear_sgd(leaf(5, 4), leaf(3, 4), None, lr=LR, activation="gelu")
+
+
 def test_computed_weight_and_bad_shapes_are_refused():
     weight = leaf(3, 4)
     with pytest.raises(ValueError, match="not a leaf"):
@@ -118,7 +133,7 @@ def test_computed_weight_and_bad_shapes_are_refused():
         custom_ops.fused_linear_sgd(leaf(5, 3), weight, None, lr=LR)
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation, device):
     torch.manual_seed(0)
     fused = build_classifier("mlp", 8, 3, (16, 16), activation).double().to(device)
@@ -127,6 +142,10 @@ def test_fused_mlp_trains_exactly_like_torch_optim_sgd(activation, device):
     fused.fuse_sgd(LR)
     assert repr(fused).count(f"fused_sgd_lr={LR}") == 3  # every Linear says it steps itself
     x, y = torch.randn(20, 8, dtype=torch.float64, device=device), torch.randint(0, 3, (20,), device=device)
+    # the hidden layers step with their activation in the same op, the output layer alone
+    nodes = [fn.name() for fn in walk_graph(fused(x))]
+    assert nodes.count("LinearSGDStepBackward") == 3 and not any(name.endswith("Backward") and
+        name.removesuffix("Backward") in ("Relu", "Sigmoid", "Tanh") for name in nodes)  # fmt: skip
     for _ in range(5):
         fused.loss(fused(x), y).backward()
         optimizer.zero_grad(set_to_none=True)
