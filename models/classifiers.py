@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 import custom_ops
 from custom_ops.fused import check_learning_rate
 
-from .layers import Linear, make_activation
+from .layers import Linear, ReLU, Sigmoid, Tanh, make_activation
 
 INITS = ("random", "zero")
 
@@ -114,6 +116,54 @@ class MLP(Classifier):
             layers += [Linear(fan_in, fan_out), make_activation(activation)]
         layers.append(Linear(sizes[-1], num_classes))
         self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Each Linear and the activation after it run as one op (`custom_ops.linear_relu`
+        and the like; with `fuse_sgd`, `fused_linear_sgd(..., activation=...)`): the
+        activation works in place on the product's fresh output and autograd runs one node
+        where it would run two, with the same values and gradients. Where a module has
+        hooks the layers run one by one, so the hooks see every call."""
+        if _hooks_set(self.layers):
+            return self.layers(x)
+        modules = list(self.layers)
+        i = 0
+        while i < len(modules):
+            fused = _linear_and_activation(modules[i], modules[i + 1], x) if i + 1 < len(modules) else None
+            if fused is None:
+                x = modules[i](x)
+                i += 1
+            else:
+                x = fused
+                i += 2
+        return x
+
+
+ACTIVATION_NAMES = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+LINEAR_ACTIVATION_OPS = {"relu": custom_ops.linear_relu, "sigmoid": custom_ops.linear_sigmoid,
+                         "tanh": custom_ops.linear_tanh}  # fmt: skip
+
+
+def _linear_and_activation(layer: nn.Module, activation: nn.Module, x: Tensor) -> Tensor | None:
+    """activation(layer(x)) computed by one op, or None where the two must run apart:
+    other module types (a subclass may override forward), or hooks on either."""
+    name = ACTIVATION_NAMES.get(type(activation))
+    if type(layer) is not Linear or name is None or _hooks_set(layer, activation):
+        return None
+    if layer.fused_sgd_lr is not None and torch.is_grad_enabled():
+        return custom_ops.fused_linear_sgd(x, layer.weight, layer.bias, lr=layer.fused_sgd_lr, activation=name)
+    return LINEAR_ACTIVATION_OPS[name](x, layer.weight, layer.bias)
+
+
+def _hooks_set(*modules: nn.Module) -> bool:
+    """Hooks on these modules, or on all modules (register_module_forward_hook and the
+    like), as nn.Module.__call__ checks them before it skips its hook handling."""
+    return bool(
+        any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )
 
 
 def build_classifier(

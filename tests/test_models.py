@@ -236,3 +236,75 @@ def test_random_init_is_reproducible_and_initialize_resets():
     assert all(not p.any() for p in a.parameters())
     with pytest.raises(ValueError, match="unknown init"):
         a.initialize("ones")
+
+
+# ---------------------------------------------------------------- MLP: a Linear and its activation as one op
+
+
+def graph_nodes(output: torch.Tensor) -> list[str]:
+    names, stack, seen = [], [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_mlp_runs_each_hidden_layer_as_one_op_with_the_same_values_and_gradients(activation):
+    """MLP.forward runs Linear + activation as linear_relu (and the like): bit for bit
+    what the layers give one by one, forward and backward."""
+    fused_op = {"relu": "LinearReluBackward", "sigmoid": "LinearSigmoidBackward", "tanh": "LinearTanhBackward"}
+    model = MLP(5, [8, 6], 3, activation).double()
+    x, y = batch(model, dtype=torch.float64)
+    fused_logits = model(x)
+    assert sorted(graph_nodes(fused_logits)).count(fused_op[activation]) == 2
+    assert graph_nodes(fused_logits).count("LinearBackward") == 1  # the output layer has no activation
+    fused_grads = torch.autograd.grad(model.loss(fused_logits, y), list(model.parameters()))
+    apart_logits = model.layers(x)  # nn.Sequential: one module at a time
+    assert fused_op[activation] not in graph_nodes(apart_logits)
+    apart_grads = torch.autograd.grad(model.loss(apart_logits, y), list(model.parameters()))
+    assert torch.equal(fused_logits, apart_logits)
+    for fused, apart in zip(fused_grads, apart_grads, strict=True):
+        assert torch.equal(fused, apart)
+
+
+@pytest.mark.parametrize("where", ["activation", "linear", "sequential", "every module"])
+def test_mlp_runs_layers_apart_where_hooks_are_set(where):
+    """A hook must see every call of its module, so no layer it watches is fused."""
+    model = MLP(4, [6], 3, "relu")
+    x, _ = batch(model)
+    calls = []
+
+    def hook(module, inputs, output):
+        calls.append(type(module).__name__)
+
+    if where == "every module":
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    else:
+        module = {"activation": model.layers[1], "linear": model.layers[0], "sequential": model.layers}[where]
+        handle = module.register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    assert "LinearReluBackward" not in graph_nodes(logits)
+    expected = {"activation": ["ReLU"], "linear": ["Linear"], "sequential": ["Sequential"]}.get(where)
+    assert calls == (expected or ["Linear", "ReLU", "Linear", "Sequential", "MLP"])
+    assert "LinearReluBackward" in graph_nodes(model(x))  # hooks removed: fused again
+
+
+def test_mlp_does_not_fuse_a_subclassed_module():
+    model = MLP(4, [6], 3, "relu")
+    x, _ = batch(model)
+
+    class LeakyReLU(ReLU):
+        def forward(self, x):
+            return custom_ops.maximum(x, custom_ops.mul(x, 0.1))
+
+    model.layers[1] = LeakyReLU()
+    nodes = graph_nodes(model(x))
+    assert "LinearReluBackward" not in nodes and "MaximumBackward" in nodes
