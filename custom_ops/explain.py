@@ -515,6 +515,12 @@ def _docstring_backward(node: Node, i: int) -> str:
     if texts:
         pattern = r"(?<![\w/])(" + "|".join(map(re.escape, texts)) + r")(?![A-Za-z0-9_])"  # bᵀ: ᵀ is no letter here
         part = re.sub(pattern, lambda m: texts[m.group(1)], part)
+    # a rule through an inner node (linear_relu: "where dz = dL/dz = g · [y > 0]") says what
+    # that node's gradient is, y being this node's output
+    where = next((p for p in parts if p.startswith("where ")), None)
+    if where is not None:
+        inner = re.sub(r"= dL/d\S+ =", "=", where.removeprefix("where "))
+        part += " with " + re.sub(r"(?<![\w/])y(?![A-Za-z0-9_])", node.name, inner)
     return f"{part}, g = dJ/d{node.name}"
 
 

@@ -365,3 +365,15 @@ def test_trace_refuses_what_it_cannot_walk():
         trace(lambda x: x, x=1.0)
     with pytest.raises(explain.TraceError):
         trace(lambda x: 3.0, x=1.0)
+
+
+def test_a_linear_and_activation_node_states_its_inner_gradient():
+    """linear_relu's edges read 'dJ/dW = Σ_batch dzᵀ x with dz = g · [r > 0]': the rule
+    through z = x Wᵀ + b names what dz is, in this graph's names."""
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    walk = trace(lambda W, b: C.sum(label(C.linear_relu(label(x, "x"), W, b), "h")), W=[[1.0, 0.5], [-1.0, 2.0]],
+                 b=[0.1, -0.2])  # fmt: skip
+    formulas = {edge.formula for edge in walk["W"].contributions + walk["b"].contributions}
+    assert formulas == {"dJ/dW = Σ_batch dzᵀ x with dz = g · [h > 0], g = dJ/dh",
+                        "dJ/db = Σ_batch dz with dz = g · [h > 0], g = dJ/dh"}  # fmt: skip
+    assert torch.equal(walk.gradients["b"], (walk["h"].value > 0).sum(0).double())
