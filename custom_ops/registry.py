@@ -9,6 +9,7 @@ saved memory, stability, torch.compile) covers it at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -113,6 +114,13 @@ def linear_activation_samples():
         yield Sample(args, desc=sample.desc)
 
 
+def linear_then(x, weight, bias=None, activation=None):
+    """The torch twin of linear_relu and the like (activation 'relu', …) and of
+    fused_linear_sgd's forward: F.linear, then torch's activation."""
+    y = F.linear(x, weight, bias)
+    return y if activation is None else getattr(torch, activation)(y)
+
+
 def reduction_samples():
     yield Sample((make(3, 4),))
     yield Sample((make(3, 4), 1))
@@ -196,12 +204,11 @@ OP_DB: list[OpInfo] = [
            saturating(-1e30, -1.0, 0.0, 1.0, 1e30), saves_output_only=True),
     OpInfo("matmul", C.matmul, L.Matmul, torch.matmul, "da = g bᵀ, db = aᵀ g (unbroadcast)", matmul_samples),
     OpInfo("linear", C.linear, L.Linear, F.linear, "dx = g W, dW = gᵀ x, db = Σ_batch g", linear_samples),
-    OpInfo("linear_relu", C.linear_relu, L.LinearRelu, lambda x, w, b=None: torch.relu(F.linear(x, w, b)),
+    OpInfo("linear_relu", C.linear_relu, L.LinearRelu, partial(linear_then, activation="relu"),
            "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = [y > 0] g", linear_activation_samples),
-    OpInfo("linear_sigmoid", C.linear_sigmoid, L.LinearSigmoid,
-           lambda x, w, b=None: torch.sigmoid(F.linear(x, w, b)),
+    OpInfo("linear_sigmoid", C.linear_sigmoid, L.LinearSigmoid, partial(linear_then, activation="sigmoid"),
            "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = y (1 − y) g", linear_activation_samples),
-    OpInfo("linear_tanh", C.linear_tanh, L.LinearTanh, lambda x, w, b=None: torch.tanh(F.linear(x, w, b)),
+    OpInfo("linear_tanh", C.linear_tanh, L.LinearTanh, partial(linear_then, activation="tanh"),
            "dx = dz W, dW = dzᵀ x, db = Σ_batch dz;  dz = (1 − y²) g", linear_activation_samples),
     OpInfo("sum", C.sum, R.Sum, torch.sum, "dx = g copied along dim", reduction_samples),
     OpInfo("mean", C.mean, R.Mean, torch.mean, "dx = g / n copied along dim", reduction_samples),
@@ -238,12 +245,6 @@ class FusedStepInfo:
     reference: Callable  # the forward's torch twin, reference(*sample.args, **sample.kwargs)
     derivative: str
     sample_inputs: SampleGen  # (x, *parameters), float64
-
-
-def linear_then(x, weight, bias=None, activation=None):
-    """fused_linear_sgd's forward twin: F.linear, then torch's activation."""
-    y = F.linear(x, weight, bias)
-    return y if activation is None else getattr(torch, activation)(y)
 
 
 def fused_linear_sgd_samples():
