@@ -152,7 +152,11 @@ def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
     Broadcasting copies an input along new or size-1 dimensions; the adjoint of a copy
     is a sum, so dL/dinput = Σ over the copies of dL/doutput.
     """
-    return grad if grad.shape == shape else grad.sum_to_size(shape)
+    if grad.shape == shape:
+        return grad
+    # the sizes as separate ints: torch parses a torch.Size argument more slowly, 20–30 µs
+    # of a bias gradient's ~100 µs right after a large matrix product (benchmarks/RESULTS.md)
+    return grad.sum_to_size(*shape) if shape else grad.sum()
 
 
 def save_crosswise(ctx: Any, a: Tensor, b: Tensor) -> None:
