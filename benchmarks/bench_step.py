@@ -7,7 +7,11 @@ matrix products the step needs (forward x·Wᵀ, backward gᵀ·x and g·W per l
 back, and the ratio step / floor. A second native model, timed in the same rounds, gives
 native / native: how far apart two identical steps measure on this machine. And the
 custom model with SGD fused into backward (`MLP.fuse_sgd`: each weight's update is one
-`addmm_` into W, no .grad, no optimizer pass).
+`addmm_` into W, no .grad, no optimizer pass). And where the custom step's extra time
+goes: the same model stepped with the same Functions applied directly (their C++
+`apply`: no nn.Module call, no public function's checks, no `Op.call` dispatcher), so
+custom / direct is what that Python around the ops costs and direct / native what the
+ops themselves (their Function machinery, forward and backward) cost.
 
 Memory: bytes saved for backward per step (summed per save, and each storage once), and
 the peak memory five steps add over what the process held before them, in a fresh child
@@ -50,6 +54,7 @@ from benchmarks.common import (  # noqa: E402
     time_rounds,
     write_json,
 )
+import custom_ops  # noqa: E402
 from models import MLP  # noqa: E402
 from training.runtime import compile_model  # noqa: E402
 
@@ -129,6 +134,34 @@ def make_fused_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
+LINEAR_ACTIVATION_FUNCTIONS = {"relu": custom_ops.LinearRelu, "sigmoid": custom_ops.LinearSigmoid,
+                               "tanh": custom_ops.LinearTanh}  # fmt: skip
+
+
+def make_direct_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
+    """The custom model's step with its Functions applied directly through their C++
+    `apply`: what `model.loss(model(x), y)` runs, without the Python around the ops."""
+    def apply(function: type[torch.autograd.Function]):
+        return super(torch.autograd.Function, function).apply
+
+    linears = [m for m in model.layers if hasattr(m, "weight")]
+    hidden = apply(LINEAR_ACTIVATION_FUNCTIONS[model.activation])
+    output, cross_entropy = apply(custom_ops.Linear), apply(custom_ops.CrossEntropy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        h = x
+        for layer in linears[:-1]:
+            h = hidden(h, layer.weight, layer.bias)
+        loss = cross_entropy(output(h, linears[-1].weight, linears[-1].bias), y, "mean")
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def floor_step(config: Config, device: torch.device):
     """Only the matrix products of one step: per layer x·Wᵀ forward, gᵀ·x (and g·W
     except for the first layer, whose input needs no gradient) backward."""
@@ -192,8 +225,9 @@ def function_call_cost(config: Config, device: torch.device, repeats: int) -> li
 
 
 def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[dict[str, float], tuple]:
-    """One step each of custom, native, a second native model, the GEMM floor and the
-    custom model with fused SGD, all in the same rounds: median seconds, and each ratio
+    """One step each of custom, native, a second native model, the GEMM floor, the
+    custom model with fused SGD and with its ops applied directly, all in the same
+    rounds: median seconds, and each ratio
     a median of per-round ratios. Also returns what the memory and compile tables reuse:
     (custom, native, x, y, custom step, native step)."""
     custom, native = build_pair(config, device)
@@ -204,15 +238,19 @@ def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[di
     fused, native_again = build_pair(config, device)
     fused_step = make_fused_step(fused, x, y)
     native_again_step = make_step(native_again, F.cross_entropy, x, y)
-    r_custom, r_native, r_again, r_floor, r_fused = time_rounds(
-        [custom_step, native_step, native_again_step, floor_step(config, device), fused_step], device, repeats
+    direct_step = make_direct_step(build_pair(config, device)[0], x, y)
+    r_custom, r_native, r_again, r_floor, r_fused, r_direct = time_rounds(
+        [custom_step, native_step, native_again_step, floor_step(config, device), fused_step, direct_step], device,
+        repeats,
     )
     timing = dict(step_custom_s=statistics.median(r_custom), step_native_s=statistics.median(r_native),
                   step_native_again_s=statistics.median(r_again), floor_s=statistics.median(r_floor),
                   step_fused_s=statistics.median(r_fused), custom_over_native=paired_ratio(r_custom, r_native),
                   native_over_native=paired_ratio(r_again, r_native), custom_over_floor=paired_ratio(r_custom, r_floor),
                   native_over_floor=paired_ratio(r_native, r_floor), fused_over_native=paired_ratio(r_fused, r_native),
-                  fused_over_floor=paired_ratio(r_fused, r_floor))  # fmt: skip
+                  fused_over_floor=paired_ratio(r_fused, r_floor), step_direct_s=statistics.median(r_direct),
+                  direct_over_native=paired_ratio(r_direct, r_native),
+                  custom_over_direct=paired_ratio(r_custom, r_direct))  # fmt: skip
     return timing, (custom, native, x, y, custom_step, native_step)
 
 
@@ -235,7 +273,7 @@ def step_timings_in_fresh_process(config: Config, device: torch.device, threads:
 
 
 SPREAD_KEYS = ("custom_over_native", "native_over_native", "custom_over_floor", "native_over_floor",
-               "fused_over_floor")  # fmt: skip
+               "fused_over_floor", "direct_over_native", "custom_over_direct")  # fmt: skip
 
 
 def spread(values: list[float]) -> str:
@@ -314,7 +352,7 @@ def main() -> None:
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
-    time_rows, fused_rows, memory_rows, compile_rows, process_rows, results, eager = [], [], [], [], [], [], []
+    time_rows, fused_rows, direct_rows, memory_rows, compile_rows, process_rows, results, eager = ([] for _ in range(8))
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
@@ -326,6 +364,8 @@ def main() -> None:
                           timing["native_over_floor"]])  # fmt: skip
         fused_rows.append([config.name, config.batch, t_fused * 1e3, t_native * 1e3, timing["fused_over_native"],
                            t_floor * 1e3, timing["fused_over_floor"]])  # fmt: skip
+        direct_rows.append([config.name, config.batch, t_custom * 1e3, timing["step_direct_s"] * 1e3, t_native * 1e3,
+                            timing["custom_over_direct"], timing["direct_over_native"]])  # fmt: skip
         sum_c, unique_c = saved_bytes(custom_step)
         sum_n, unique_n = saved_bytes(native_step)
         peak_c = peak_memory(config, "custom", device, args.threads)
@@ -350,6 +390,10 @@ def main() -> None:
     print_table("custom with SGD fused into backward (MLP.fuse_sgd): step time (ms), same rounds",
                 ["model", "batch", "fused", "native", "fused/native", "GEMM floor", "fused/floor"],
                 fused_rows)  # fmt: skip
+    print_table("where custom's extra time goes: the same Functions applied directly (C++ apply: no module "
+                "calls, checks or dispatcher), step time (ms), same rounds",
+                ["model", "batch", "custom", "direct", "native", "custom/direct", "direct/native"],
+                direct_rows)  # fmt: skip
     if process_rows:
         print_table(f"the same ratios in {args.processes} fresh processes, each its own rounds: median (min–max)",
                     ["model", *SPREAD_KEYS], process_rows)  # fmt: skip

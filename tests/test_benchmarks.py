@@ -105,6 +105,13 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     peak = bench_step.peak_memory(config, "fused", cpu, threads=1, children=1)
     assert peak >= 0 or math.isnan(peak)  # NaN where no resettable resident high-water mark exists
 
+    # the direct step runs the model's own Functions: the same loss and update, bit for bit
+    x, y = torch.randn(4, 8), torch.randint(3, (4,))
+    initial, stepped, direct = (bench_step.build_pair(config, cpu)[0] for _ in range(3))
+    assert torch.equal(bench_step.make_step(stepped, stepped.loss, x, y)(), bench_step.make_direct_step(direct, x, y)())
+    for p, q, p0 in zip(stepped.parameters(), direct.parameters(), initial.parameters(), strict=True):
+        assert torch.equal(p, q) and not torch.equal(p, p0)
+
     timing = bench_step.step_timings_in_fresh_process(config, cpu, threads=1, repeats=2)
     assert set(bench_step.SPREAD_KEYS) <= set(timing) and all(value > 0 for value in timing.values())
     assert bench_step.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
