@@ -42,9 +42,10 @@ class CrossEntropy(Op):
 
     @staticmethod
     def forward(z, target, reduction):
-        # every target counts here: torch would silently skip targets equal to its
-        # default ignore_index (−100), which our backward does not
-        return F.cross_entropy(z, target, reduction=reduction, ignore_index=_IGNORE_NOTHING)
+        # torch's cross-entropy kernel, the one F.cross_entropy ends in, without its Python
+        # (as MSELoss); every target counts here: torch would silently skip targets equal to
+        # its default ignore_index (−100), which our backward does not
+        return torch._C._nn.cross_entropy_loss(z, target, None, _REDUCTION_ENUM[reduction], _IGNORE_NOTHING, 0.0)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
