@@ -141,6 +141,7 @@ LINEAR_ACTIVATION_FUNCTIONS = {"relu": custom_ops.LinearRelu, "sigmoid": custom_
 def make_direct_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
     """The custom model's step with its Functions applied directly through their C++
     `apply`: what `model.loss(model(x), y)` runs, without the Python around the ops."""
+
     def apply(function: type[torch.autograd.Function]):
         return super(torch.autograd.Function, function).apply
 
@@ -227,9 +228,9 @@ def function_call_cost(config: Config, device: torch.device, repeats: int) -> li
 def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[dict[str, float], tuple]:
     """One step each of custom, native, a second native model, the GEMM floor, the
     custom model with fused SGD and with its ops applied directly, all in the same
-    rounds: median seconds, and each ratio
-    a median of per-round ratios. Also returns what the memory and compile tables reuse:
-    (custom, native, x, y, custom step, native step)."""
+    rounds: median seconds, and each ratio a median of per-round ratios. Also returns
+    what the memory and compile tables reuse: (custom, native, x, y, custom step, native
+    step)."""
     custom, native = build_pair(config, device)
     x = torch.randn(config.batch, config.in_features, device=device)
     y = torch.randint(config.num_classes, (config.batch,), device=device)

@@ -154,8 +154,8 @@ def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
     """
     if grad.shape == shape:
         return grad
-    # the sizes as separate ints: torch parses a torch.Size argument more slowly, 20–30 µs
-    # of a bias gradient's ~100 µs right after a large matrix product (benchmarks/RESULTS.md)
+    # the sizes as separate ints: torch parses a torch.Size argument more slowly, 12–30 µs
+    # of a bias gradient's 64–112 µs right after a large matrix product (benchmarks/RESULTS.md)
     return grad.sum_to_size(*shape) if shape else grad.sum()
 
 
