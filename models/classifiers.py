@@ -17,7 +17,7 @@ from torch.nn.modules import module as module_hooks
 import custom_ops
 from custom_ops.fused import check_learning_rate
 
-from .layers import Linear, ReLU, Sigmoid, Tanh, make_activation
+from .layers import ACTIVATIONS, Linear, make_activation
 
 INITS = ("random", "zero")
 
@@ -138,7 +138,7 @@ class MLP(Classifier):
         return x
 
 
-ACTIVATION_NAMES = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+ACTIVATION_NAMES = {module: name for name, module in ACTIVATIONS.items()}  # ReLU → "relu", …
 LINEAR_ACTIVATION_OPS = {"relu": custom_ops.linear_relu, "sigmoid": custom_ops.linear_sigmoid,
                          "tanh": custom_ops.linear_tanh}  # fmt: skip
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from training.checkpoint import SLOW_WRITE_ENV
 
@@ -29,3 +32,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     inherited = {key: value for key, value in os.environ.items()
                  if not key.startswith(("TORCHELASTIC_", "RANK")) and key != SLOW_WRITE_ENV}  # fmt: skip
     return {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def walk_graph(output: torch.Tensor) -> Iterator[object]:
+    """Every autograd node behind output, each once."""
+    stack, seen = [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            yield node
+            stack.extend(next_node for next_node, _ in node.next_functions)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import custom_ops
 from custom_ops.registry import FUSED_DB
+from helpers import walk_graph
 from models import build_classifier
 
 LR = 0.1
@@ -108,16 +109,6 @@ def test_bad_learning_rate_is_refused(lr):
         custom_ops.fused_linear_sgd(leaf(5, 4), leaf(3, 4), None, lr=lr)
     with pytest.raises(ValueError, match="learning rate"):
         build_classifier("mlp", 4, 3, (8,), "relu").fuse_sgd(lr)
-
-
-def walk_graph(output: torch.Tensor):
-    stack, seen = [output.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            yield node
-            stack.extend(next_node for next_node, _ in node.next_functions)
 
 
 def test_unknown_activation_is_refused():

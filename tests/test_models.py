@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import custom_ops
+from helpers import walk_graph
 from models import MLP, Linear, LogisticRegression, ReLU, Sigmoid, Tanh, build_classifier, make_activation
 
 TORCH_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
@@ -149,16 +150,10 @@ def test_backward_graph_is_only_custom_ops(name):
     """Every node autograd recorded is one of custom_ops' Functions (or a reshape)."""
     model = MODELS[name]()
     x, y = batch(model)
-    loss = model.loss(model(x), y)
-    seen, stack = set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        assert type(node).__name__ in ALLOWED_NODES, f"{type(node).__name__} is not a custom_ops op"
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    assert any(type(node).__name__ == "LinearBackward" for node in seen)
+    names = graph_nodes(model.loss(model(x), y))
+    for name in names:
+        assert name in ALLOWED_NODES, f"{name} is not a custom_ops op"
+    assert "LinearBackward" in names
 
 
 def iris_tensors():
@@ -242,15 +237,7 @@ def test_random_init_is_reproducible_and_initialize_resets():
 
 
 def graph_nodes(output: torch.Tensor) -> list[str]:
-    names, stack, seen = [], [output.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
+    return [type(node).__name__ for node in walk_graph(output)]
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
