@@ -21,18 +21,22 @@ before the steps: Linux only; on CUDA torch.cuda's allocator statistics). With
 models: `training.compile_model`, fullgraph=True), with compile times, after the eager
 tables are printed. One run's custom / native moves by about ±0.025 from one fresh
 process to the next: --processes N also times the steps in N fresh processes, one after
-another, and prints each ratio's median and range over them.
+another, and prints each ratio's median and range over them. --profile also prints each
+op's time per step, custom and native side by side (torch.profiler): where they differ.
 
-    python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--processes 5] [--json out.json]
+    python benchmarks/bench_step.py [--threads 1] [--device cuda] [--compile] [--processes 5] [--profile]
+        [--json out.json]
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,6 +277,42 @@ def step_timings_in_fresh_process(config: Config, device: torch.device, threads:
     return timing
 
 
+# the matrix products, told apart by their operands' shapes (mm: the first two inputs;
+# addmm and addmm_: the two after the bias or the matrix added to)
+MATRIX_PRODUCT_OPERANDS = {"aten::mm": slice(0, 2), "aten::addmm": slice(1, 3), "aten::addmm_": slice(1, 3)}
+
+
+def op_profile(custom_step: Callable[[], object], native_step: Callable[[], object], device: torch.device,
+               rounds: int, top: int = 16) -> list[list[object]]:  # fmt: skip
+    """Each op's self time per step, custom and native (µs, torch.profiler; the steps
+    alternate, mean over `rounds` profiled steps each; the matrix products by shape):
+    where the two steps differ, op by op. On CUDA the time is the kernels' (device)
+    time. Rows: the `top` ops by time, the rest, the total. A custom Function's row
+    (LinearRelu, LinearReluBackward, …) holds the Python its forward or backward runs
+    between torch calls; Python outside any op (native's module calls, the loop) is in
+    no row. The profiler's own cost per event inflates the step with more events a little."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    custom, native = collections.Counter(), collections.Counter()
+    for _ in range(rounds):
+        for step, us_per_op in ((custom_step, custom), (native_step, native)):
+            with profile(activities=activities, record_shapes=True) as prof:
+                step()
+                synchronize(device)
+            for event in prof.key_averages(group_by_input_shape=True):
+                operands = MATRIX_PRODUCT_OPERANDS.get(event.key)
+                op = event.key if operands is None else f"{event.key} {event.input_shapes[operands]}"
+                us_per_op[op] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / rounds
+    ops = [op for op, us in (custom + native).most_common() if us > 0]
+    rows = [[op, custom[op], native[op]] for op in ops[:top]]
+    if ops[top:]:
+        rows.append([f"the other {len(ops) - top} ops", *(sum(t[op] for op in ops[top:]) for t in (custom, native))])
+    rows.append(["total (self times)", sum(custom.values()), sum(native.values())])
+    return [[op, round(c), round(n), round(c) - round(n)] for op, c, n in rows]
+
+
 SPREAD_KEYS = ("custom_over_native", "native_over_native", "custom_over_floor", "native_over_floor",
                "fused_over_floor", "direct_over_native", "custom_over_direct")  # fmt: skip
 
@@ -345,6 +385,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
     p.add_argument("--no-digits", action="store_true", help="skip train.py's default digits model")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the custom and native steps and print each op's time per step")  # fmt: skip
     p.add_argument("--processes", type=int, default=1,
                    help="also time the steps in N fresh processes and print the spread of their ratios")  # fmt: skip
     args = p.parse_args()
@@ -354,6 +396,7 @@ def main() -> None:
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
     time_rows, fused_rows, direct_rows, memory_rows, compile_rows, process_rows, results, eager = ([] for _ in range(8))
+    profiles, profile_rounds = [], max(args.repeats, 20)  # a profiled step varies more than a timed round
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
@@ -382,6 +425,10 @@ def main() -> None:
                            for _ in range(args.processes)]  # fmt: skip
             result["per_process"] = per_process
             process_rows.append([config.name, *(spread([run[key] for run in per_process]) for key in SPREAD_KEYS)])
+        if args.profile:
+            rows = op_profile(custom_step, native_step, device, profile_rounds)
+            profiles.append((config, rows))
+            result["op_profile_us"] = {op: {"custom": c, "native": n} for op, c, n, _ in rows}
         results.append(result)
         eager.append((config, custom, native, x, y, t_custom))
         print(f"  done: {config.name}", file=sys.stderr)
@@ -406,6 +453,12 @@ def main() -> None:
                  "unique custom/native", "peak custom", "peak native", "peak custom/native", "peak fused",
                  "peak fused/native"],
                 memory_rows)  # fmt: skip
+    time_kind = "kernel" if device.type == "cuda" else "self"
+    for config, rows in profiles:
+        print_table(f"{config.name}, batch {config.batch}: each op's {time_kind} time per step (µs, torch.profiler, "
+                    f"mean of {profile_rounds} steps each, alternating)",
+                    ["op (matrix products: operand shapes)", "custom", "native", "custom − native"],
+                    rows)  # fmt: skip
     payload = {"header": header(args, device), "results": results,
                "function_call_added_us": {row[0]: row[3] for row in call_rows}}  # fmt: skip
     write_json(args.json, payload)  # the eager tables are kept should compiling fail or run long

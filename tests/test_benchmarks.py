@@ -117,6 +117,29 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     assert bench_step.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
 
 
+def test_op_profile_puts_each_op_of_both_steps_side_by_side() -> None:
+    from benchmarks import bench_step
+
+    cpu = torch.device("cpu")
+    config = bench_step.Config("tiny", 8, (16,), 3, 4, "relu")
+    custom, native = bench_step.build_pair(config, cpu)
+    x, y = torch.randn(4, 8), torch.randint(3, (4,))
+    steps = (bench_step.make_step(custom, custom.loss, x, y),
+             bench_step.make_step(native, torch.nn.functional.cross_entropy, x, y))  # fmt: skip
+    rows = bench_step.op_profile(*steps, cpu, rounds=2, top=1000)
+    by_op = {row[0]: row[1:] for row in rows}
+    # the custom step's own Functions, native's modules' nodes, and the products by operand shapes
+    assert by_op["LinearRelu"][0] > 0 and by_op["LinearRelu"][1] == 0
+    assert by_op["aten::threshold_backward"][0] == 0 and by_op["aten::threshold_backward"][1] > 0
+    assert by_op["aten::addmm [[4, 8], [8, 16]]"][0] > 0 and by_op["aten::addmm [[4, 8], [8, 16]]"][1] > 0
+    assert rows[-1][0] == "total (self times)"
+    for column in (1, 2):
+        assert abs(sum(row[column] for row in rows[:-1]) - rows[-1][column]) <= len(rows)  # each rounded
+    assert all(c - n == diff for _, c, n, diff in rows)
+    short = bench_step.op_profile(*steps, cpu, rounds=1, top=2)
+    assert len(short) == 4 and short[2][0].startswith("the other ") and short[3][0] == "total (self times)"
+
+
 def test_bench_step_refuses_fewer_than_one_process() -> None:
     done = subprocess.run([sys.executable, "benchmarks/bench_step.py", "--processes", "0"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
