@@ -30,6 +30,7 @@ op's time per step, custom and native side by side (torch.profiler): where they 
 
 from __future__ import annotations
 
+import bisect
 import collections
 import multiprocessing
 import re
@@ -283,28 +284,39 @@ MATRIX_PRODUCT_OPERANDS = {"aten::mm": slice(0, 2), "aten::addmm": slice(1, 3), 
 
 
 def op_profile(custom_step: Callable[[], object], native_step: Callable[[], object], device: torch.device,
-               rounds: int, top: int = 16) -> list[list[object]]:  # fmt: skip
+               rounds: int, top: int = 24) -> list[list[object]]:  # fmt: skip
     """Each op's self time per step, custom and native (µs, torch.profiler; the steps
-    alternate, mean over `rounds` profiled steps each; the matrix products by shape):
-    where the two steps differ, op by op. On CUDA the time is the kernels' (device)
-    time. Rows: the `top` ops by time, the rest, the total. A custom Function's row
-    (LinearRelu, LinearReluBackward, …) holds the Python its forward or backward runs
-    between torch calls; Python outside any op (native's module calls, the loop) is in
-    no row. The profiler's own cost per event inflates the step with more events a little."""
-    from torch.profiler import ProfilerActivity, profile
+    alternate, mean over `rounds` steps each; the matrix products by shape): where the
+    two steps differ, op by op. On CUDA the time is the kernels' (device) time. Rows:
+    the `top` ops by time, the rest, the total. A custom Function's row (LinearRelu,
+    LinearReluBackward, …) holds the Python its forward or backward runs between torch
+    calls; Python outside any op (native's module calls, the loop) is in no row. The
+    profiler's own cost per event inflates the step with more events a little."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    custom, native = collections.Counter(), collections.Counter()
-    for _ in range(rounds):
-        for step, us_per_op in ((custom_step, custom), (native_step, native)):
-            with profile(activities=activities, record_shapes=True) as prof:
-                step()
-                synchronize(device)
-            for event in prof.key_averages(group_by_input_shape=True):
-                operands = MATRIX_PRODUCT_OPERANDS.get(event.key)
-                op = event.key if operands is None else f"{event.key} {event.input_shapes[operands]}"
-                us_per_op[op] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / rounds
+    steps = {"bench_step custom": custom_step, "bench_step native": native_step}
+    # one profiling session, each step inside a labelled range (a session per step would
+    # make torch's profiler log two lines each)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                 record_shapes=True) as prof:  # fmt: skip
+        for _ in range(rounds):
+            for label, step in steps.items():
+                with record_function(label):
+                    step()
+                    synchronize(device)
+    events = prof.events()
+    ranges = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.name in steps)
+    starts = [start for start, _, _ in ranges]
+    us_per_op = {label: collections.Counter() for label in steps}
+    for event in events:
+        i = bisect.bisect_right(starts, event.time_range.start) - 1
+        if event.name in steps or i < 0 or event.time_range.start > ranges[i][1]:
+            continue  # a range itself, or outside every step
+        operands = MATRIX_PRODUCT_OPERANDS.get(event.name)
+        op = event.name if operands is None else f"{event.name} {event.input_shapes[operands]}"
+        us_per_op[ranges[i][2]][op] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / rounds
+    custom, native = us_per_op.values()
     ops = [op for op, us in (custom + native).most_common() if us > 0]
     rows = [[op, custom[op], native[op]] for op in ops[:top]]
     if ops[top:]:
