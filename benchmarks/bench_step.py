@@ -408,7 +408,7 @@ def main() -> None:
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
     time_rows, fused_rows, direct_rows, memory_rows, compile_rows, process_rows, results, eager = ([] for _ in range(8))
-    profiles, profile_rounds = [], max(args.repeats, 20)  # a profiled step varies more than a timed round
+    profiles, profile_rounds = [], max(args.repeats, 20)  # profiled steps per model: as many as rounds, at least 20
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
     for config in configs:
