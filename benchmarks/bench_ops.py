@@ -62,7 +62,7 @@ def inputs(name: str, rows: int, cols: int, device: torch.device) -> tuple[tuple
         return (r(rows, cols, low=0.5, high=2.0),), {}
     if name == "matmul":
         return (x, r(cols, cols)), {}
-    if name in ("linear", "linear_relu", "linear_sigmoid", "linear_tanh"):
+    if name == "linear" or name.startswith("linear_"):  # linear, and linear with its activation
         return (x, r(cols, cols), r(cols)), {}
     if name in ("sum", "mean", "softmax", "log_softmax"):
         return (x, -1), {}

@@ -59,7 +59,7 @@ from benchmarks.common import (  # noqa: E402
     time_rounds,
     write_json,
 )
-import custom_ops  # noqa: E402
+from custom_ops.registry import OP_DB  # noqa: E402
 from models import MLP  # noqa: E402
 from training.runtime import compile_model  # noqa: E402
 
@@ -139,8 +139,7 @@ def make_fused_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
-LINEAR_ACTIVATION_FUNCTIONS = {"relu": custom_ops.LinearRelu, "sigmoid": custom_ops.LinearSigmoid,
-                               "tanh": custom_ops.LinearTanh}  # fmt: skip
+OP_FUNCTIONS = {info.name: info.function for info in OP_DB}  # "linear_relu" → LinearRelu, …
 
 
 def make_direct_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
@@ -151,8 +150,8 @@ def make_direct_step(model: MLP, x: torch.Tensor, y: torch.Tensor):
         return super(torch.autograd.Function, function).apply
 
     linears = [m for m in model.layers if hasattr(m, "weight")]
-    hidden = apply(LINEAR_ACTIVATION_FUNCTIONS[model.activation])
-    output, cross_entropy = apply(custom_ops.Linear), apply(custom_ops.CrossEntropy)
+    hidden = apply(OP_FUNCTIONS[f"linear_{model.activation}"])
+    output, cross_entropy = apply(OP_FUNCTIONS["linear"]), apply(OP_FUNCTIONS["cross_entropy"])
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
 
     def step():
