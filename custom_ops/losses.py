@@ -116,7 +116,7 @@ class MSELoss(Op):
     """ℓ = (x − y)²   (x and y broadcast against each other, as torch allows)
 
     saves:    x, y
-    backward: dL/dx = unbroadcast(2 (x − y) · g),   dL/dy = unbroadcast(−2 (x − y) · g)
+    backward: dL/dx = unbroadcast(2 (x − y) · g),   dL/dy = −unbroadcast(2 (x − y) · g)
     jvp:      ℓ̇ = 2 (x − y) · (ẋ − ẏ)
     """
 
@@ -144,7 +144,7 @@ class MSELoss(Op):
         g = reduction_grad(g, diff.shape, ctx.reduction, scale=2.0)  # 2 g (/ n)
         d_diff = diff.mul_(g) if may_fuse(g) else diff * g
         dx = unbroadcast(d_diff, x.shape) if ctx.needs_input_grad[0] else None
-        dy = unbroadcast(-d_diff, y.shape) if ctx.needs_input_grad[1] else None
+        dy = -unbroadcast(d_diff, y.shape) if ctx.needs_input_grad[1] else None
         return dx, dy, None
 
     @staticmethod
