@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .function import Op, may_fuse, save_crosswise, scaled, unbroadcast
+from .function import Op, may_fuse, save_crosswise, save_for_jvp, scaled, unbroadcast
 
 _ONE = torch.tensor(1.0)  # a CPU scalar: broadcasts into CPU addcmul at any dtype (CUDA refuses it as self)
 
@@ -118,7 +118,7 @@ class Div(Op):
         a, b = inputs
         ctx.a_shape = a.shape
         ctx.save_for_backward(a if ctx.needs_input_grad[1] else None, b)
-        ctx.save_for_forward(a, b)
+        save_for_jvp(ctx, a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -152,7 +152,7 @@ class Maximum(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        save_for_jvp(ctx, *inputs)
 
     @staticmethod
     def _weight_of_a(a, b, like):
@@ -194,7 +194,7 @@ class Square(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        save_for_jvp(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -225,7 +225,7 @@ class Pow(Op):
     def setup_context(ctx, inputs, output):
         x, ctx.p = inputs
         ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
+        save_for_jvp(ctx, x)
 
     @staticmethod
     def _dy_dx(x, p):
@@ -260,7 +260,7 @@ class Sin(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        save_for_jvp(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -292,7 +292,7 @@ class Cos(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        save_for_jvp(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -324,7 +324,7 @@ class Exp(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):
@@ -354,7 +354,7 @@ class Log(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        save_for_jvp(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -384,7 +384,7 @@ class Tanh(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):
@@ -416,7 +416,7 @@ class Sigmoid(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):
@@ -446,7 +446,7 @@ class Relu(Op):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 _FUNCTION_PARTS = ("forward", "setup_context", "backward")
 
@@ -172,7 +173,21 @@ def save_crosswise(ctx: Any, a: Tensor, b: Tensor) -> None:
     need_da, need_db = ctx.needs_input_grad[:2]
     ctx.shapes = a.shape, b.shape
     ctx.save_for_backward(a if need_db else None, b if need_da else None)
-    ctx.save_for_forward(a, b)
+    save_for_jvp(ctx, a, b)
+
+
+def save_for_jvp(ctx: Any, *tensors: Tensor | None) -> None:
+    """`ctx.save_for_forward(*tensors)`, only where a jvp can be called.
+
+    torch calls a Function's jvp only for inputs that carry a tangent, and tangents exist
+    only inside a dual level: `torch.autograd.forward_ad.dual_level`, which torch.func's
+    jvp, jacfwd, hessian and linearize enter too. Outside one nothing would read what is
+    saved, and torch's save_for_forward is Python that checks each argument: skipping it
+    saved 1–2 µs of a 64×64 relu, softmax or cross_entropy forward + backward (~65–120 µs
+    in that hour of the machine).
+    """
+    if _forward_ad._current_level >= 0:  # -1 outside every dual level
+        ctx.save_for_forward(*tensors)
 
 
 def may_fuse(grad: Tensor) -> bool:

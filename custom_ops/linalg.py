@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .elementwise import relu_grad, sigmoid_grad, tanh_grad
-from .function import Op, save_crosswise, unbroadcast
+from .function import Op, save_crosswise, save_for_jvp, unbroadcast
 
 
 class Matmul(Op):
@@ -96,7 +96,7 @@ def save_linear(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, *more:
     need_dx, need_dweight, _ = ctx.needs_input_grad
     ctx.bias_shape = None if bias is None else bias.shape
     ctx.save_for_backward(x if need_dweight else None, weight if need_dx else None, *more)
-    ctx.save_for_forward(x, weight, *more)
+    save_for_jvp(ctx, x, weight, *more)
 
 
 def linear_grads(ctx: Any, g: Tensor, x: Tensor | None, weight: Tensor | None) -> tuple:

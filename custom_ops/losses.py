@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .function import Op, may_fuse, reduce_loss, reduction_grad, unbroadcast
+from .function import Op, may_fuse, reduce_loss, reduction_grad, save_for_jvp, unbroadcast
 
 
 _IGNORE_NOTHING = torch.iinfo(torch.int64).min
@@ -51,7 +51,7 @@ class CrossEntropy(Op):
     def setup_context(ctx, inputs, output):
         z, target, ctx.reduction = inputs
         ctx.save_for_backward(z, target)
-        ctx.save_for_forward(z, target)
+        save_for_jvp(ctx, z, target)
 
     @staticmethod
     def _dloss_dz(z, target):
@@ -93,7 +93,7 @@ class BinaryCrossEntropyWithLogits(Op):
     def setup_context(ctx, inputs, output):
         z, y, ctx.reduction = inputs
         ctx.save_for_backward(z, y)
-        ctx.save_for_forward(z, y)
+        save_for_jvp(ctx, z, y)
 
     @staticmethod
     def backward(ctx, g):
@@ -135,7 +135,7 @@ class MSELoss(Op):
     def setup_context(ctx, inputs, output):
         x, y, ctx.reduction = inputs
         ctx.save_for_backward(x, y)
-        ctx.save_for_forward(x, y)
+        save_for_jvp(ctx, x, y)
 
     @staticmethod
     def backward(ctx, g):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .function import Op, may_fuse
+from .function import Op, may_fuse, save_for_jvp
 
 
 def reduced_dims(ndim: int, dim) -> tuple[int, ...]:
@@ -118,7 +118,7 @@ class Softmax(Op):
     def setup_context(ctx, inputs, output):
         ctx.dim = inputs[1]
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):
@@ -152,7 +152,7 @@ class LogSoftmax(Op):
     def setup_context(ctx, inputs, output):
         ctx.dim = inputs[1]
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_jvp(ctx, output)
 
     @staticmethod
     def backward(ctx, g):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from unittest import mock
@@ -35,6 +36,26 @@ def test_gradgradcheck(info, sample, device):
 @pytest.mark.parametrize("info, sample", CASES)
 def test_forward_ad(info, sample, device):
     T.check_forward_ad(info.op, sample.converted(device=device))
+
+
+@pytest.mark.parametrize("info", [pytest.param(info, id=info.name) for info in OP_DB])
+def test_saves_for_jvp_only_inside_a_dual_level(info):
+    """Outside forward-mode AD no op calls torch's save_for_forward (save_for_jvp skips its
+    per-call Python there); inside a dual level each op whose jvp reads ctx.saved_for_forward
+    does (add, sub, sum and mean need no tensor for theirs)."""
+    jvp_reads_saved = "saved_for_forward" in inspect.getsource(info.function.jvp)
+    sample = next(iter(info.sample_inputs())).converted(requires_grad=True)
+    save_for_forward = torch.autograd.function.FunctionCtx.save_for_forward
+    with mock.patch.object(torch.autograd.function.FunctionCtx, "save_for_forward", autospec=True,
+                           side_effect=save_for_forward) as spy:
+        info.op(*sample.args, **sample.kwargs)
+        assert spy.call_count == 0
+        with torch.autograd.forward_ad.dual_level():
+            differentiable = sample.differentiable()
+            args = [torch.autograd.forward_ad.make_dual(a, torch.ones_like(a)) if i in differentiable else a
+                    for i, a in enumerate(sample.args)]
+            torch.autograd.forward_ad.unpack_dual(info.op(*args, **sample.kwargs)).tangent.sum()  # the jvp ran
+        assert spy.call_count == jvp_reads_saved
 
 
 @pytest.mark.parametrize("info, sample", CASES)
