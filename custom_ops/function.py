@@ -183,8 +183,8 @@ def save_for_jvp(ctx: Any, *tensors: Tensor | None) -> None:
     only inside a dual level: `torch.autograd.forward_ad.dual_level`, which torch.func's
     jvp, jacfwd, hessian and linearize enter too. Outside one nothing would read what is
     saved, and torch's save_for_forward is Python that checks each argument: skipping it
-    saved 1–2 µs of a 64×64 relu, softmax or cross_entropy forward + backward (~65–120 µs
-    in that hour of the machine).
+    saved 0.2–2 µs a call of 64×64 forward + backward (65–155 µs in that slow hour of the
+    machine; benchmarks/RESULTS.md).
     """
     if _forward_ad._current_level >= 0:  # -1 outside every dual level
         ctx.save_for_forward(*tensors)
