@@ -150,10 +150,10 @@ def test_backward_graph_is_only_custom_ops(name):
     """Every node autograd recorded is one of custom_ops' Functions (or a reshape)."""
     model = MODELS[name]()
     x, y = batch(model)
-    names = graph_nodes(model.loss(model(x), y))
-    for name in names:
-        assert name in ALLOWED_NODES, f"{name} is not a custom_ops op"
-    assert "LinearBackward" in names
+    node_names = graph_nodes(model.loss(model(x), y))
+    for node_name in node_names:
+        assert node_name in ALLOWED_NODES, f"{node_name} is not a custom_ops op"
+    assert "LinearBackward" in node_names
 
 
 def iris_tensors():

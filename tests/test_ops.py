@@ -54,7 +54,7 @@ def test_saves_for_jvp_only_inside_a_dual_level(info):
             differentiable = sample.differentiable()
             args = [torch.autograd.forward_ad.make_dual(a, torch.ones_like(a)) if i in differentiable else a
                     for i, a in enumerate(sample.args)]
-            torch.autograd.forward_ad.unpack_dual(info.op(*args, **sample.kwargs)).tangent.sum()  # the jvp ran
+            assert torch.autograd.forward_ad.unpack_dual(info.op(*args, **sample.kwargs)).tangent is not None
         assert spy.call_count == jvp_reads_saved
 
 
