@@ -4,10 +4,15 @@ Models: an MLP 784→1024→1024→10 at batch 256 (ReLU and sigmoid), built fro
 (`models.MLP`) and the same model written with nn.Linear / torch activations /
 F.cross_entropy, loaded with the same weights. Also the "physical floor": only the
 matrix products the step needs (forward x·Wᵀ, backward gᵀ·x and g·W per layer), back to
-back, and the ratio step / floor. A second native model, timed in the same rounds, gives
-native / native: how far apart two identical steps measure on this machine. And the
-custom model with SGD fused into backward (`MLP.fuse_sgd`: each weight's update is one
-`addmm_` into W, no .grad, no optimizer pass). And where the custom step's extra time
+back, and the ratio step / floor. Also the same products with the step's dataflow (each
+forward product feeds the next, the gradient flows down through g·W, and every output
+lives until the step ends, as activations and gradients do; the plain floor frees each
+at once), in rounds of its own: dataflow / floor is what keeping the products' outputs
+costs, and step / dataflow floor what the step adds beyond them. A second native model,
+timed in the same rounds as the first, gives native / native: how far apart two
+identical steps measure on this machine. And the custom model with SGD fused into
+backward (`MLP.fuse_sgd`: each weight's update is one `addmm_` into W, no .grad, no
+optimizer pass). And where the custom step's extra time
 goes: the same model stepped with the same Functions applied directly (their C++
 `apply`: no nn.Module call, no public function's checks, no `Op.call` dispatcher), so
 custom / direct is what that Python around the ops costs and direct / native what the
@@ -190,6 +195,33 @@ def floor_step(config: Config, device: torch.device):
     return step
 
 
+def dataflow_floor_step(config: Config, device: torch.device):
+    """The floor's matrix products as the step runs them: each layer's x·Wᵀ is the next
+    layer's x, backward's g·W is the layer below's g, and every output is kept until the
+    step ends (returned), as the step keeps its activations and gradients."""
+    sizes = [config.in_features, *config.hidden, config.num_classes]
+    gen = torch.Generator().manual_seed(0)
+    # weights scaled by 1/√fan_in, so that values stay O(1) through the layers
+    weights = [(torch.randn(fan_out, fan_in, generator=gen) / fan_in**0.5).to(device)
+               for fan_in, fan_out in zip(sizes, sizes[1:])]  # fmt: skip
+    x = torch.randn(config.batch, sizes[0], generator=gen).to(device)
+    g_logits = torch.randn(config.batch, sizes[-1], generator=gen).to(device)
+
+    def step() -> list[torch.Tensor]:
+        activations = [x]
+        for w in weights:
+            activations.append(torch.mm(activations[-1], w.t()))
+        gradients, g = [], g_logits
+        for i in reversed(range(len(weights))):
+            gradients.append(torch.mm(g.t(), activations[i]))
+            if i > 0:
+                g = torch.mm(g, weights[i])
+                gradients.append(g)
+        return activations + gradients
+
+    return step
+
+
 def function_call_cost(config: Config, device: torch.device, repeats: int) -> list[list[object]]:
     """One clone of the logits, forward and backward, as torch's clone and as
     CloneFunction (the difference is the custom-Function machinery alone): timed back to
@@ -232,9 +264,10 @@ def function_call_cost(config: Config, device: torch.device, repeats: int) -> li
 def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[dict[str, float], tuple]:
     """One step each of custom, native, a second native model, the GEMM floor, the
     custom model with fused SGD and with its ops applied directly, all in the same
-    rounds: median seconds, and each ratio a median of per-round ratios. Also returns
-    what the memory and compile tables reuse: (custom, native, x, y, custom step, native
-    step)."""
+    rounds; then the floor, the floor with the step's dataflow, fused and native in
+    rounds of their own: median seconds, and each ratio a median of per-round ratios.
+    Also returns what the memory and compile tables reuse: (custom, native, x, y, custom
+    step, native step)."""
     custom, native = build_pair(config, device)
     x = torch.randn(config.batch, config.in_features, device=device)
     y = torch.randint(config.num_classes, (config.batch,), device=device)
@@ -248,6 +281,12 @@ def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[di
         [custom_step, native_step, native_again_step, floor_step(config, device), fused_step, direct_step], device,
         repeats,
     )
+    # the dataflow floor in rounds of its own, so that the rounds above run as they ran
+    # before it: in them, custom / native read 1.017–1.038 in three processes against
+    # 1.004–1.023 in three without it (1 thread, alternating)
+    d_floor, d_dataflow, d_fused, d_native = time_rounds(
+        [floor_step(config, device), dataflow_floor_step(config, device), fused_step, native_step], device, repeats
+    )
     timing = dict(step_custom_s=statistics.median(r_custom), step_native_s=statistics.median(r_native),
                   step_native_again_s=statistics.median(r_again), floor_s=statistics.median(r_floor),
                   step_fused_s=statistics.median(r_fused), custom_over_native=paired_ratio(r_custom, r_native),
@@ -255,7 +294,11 @@ def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[di
                   native_over_floor=paired_ratio(r_native, r_floor), fused_over_native=paired_ratio(r_fused, r_native),
                   fused_over_floor=paired_ratio(r_fused, r_floor), step_direct_s=statistics.median(r_direct),
                   direct_over_native=paired_ratio(r_direct, r_native),
-                  custom_over_direct=paired_ratio(r_custom, r_direct))  # fmt: skip
+                  custom_over_direct=paired_ratio(r_custom, r_direct),
+                  dataflow_floor_s=statistics.median(d_dataflow), dataflow_rounds_floor_s=statistics.median(d_floor),
+                  dataflow_floor_over_floor=paired_ratio(d_dataflow, d_floor),
+                  native_over_dataflow_floor=paired_ratio(d_native, d_dataflow),
+                  fused_over_dataflow_floor=paired_ratio(d_fused, d_dataflow))  # fmt: skip
     return timing, (custom, native, x, y, custom_step, native_step)
 
 
@@ -325,7 +368,8 @@ def op_profile(custom_step: Callable[[], object], native_step: Callable[[], obje
 
 
 SPREAD_KEYS = ("custom_over_native", "native_over_native", "custom_over_floor", "native_over_floor",
-               "fused_over_floor", "direct_over_native", "custom_over_direct")  # fmt: skip
+               "fused_over_floor", "direct_over_native", "custom_over_direct", "dataflow_floor_over_floor",
+               "fused_over_dataflow_floor")  # fmt: skip
 
 
 def spread(values: list[float]) -> str:
@@ -406,7 +450,9 @@ def main() -> None:
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
-    time_rows, fused_rows, direct_rows, memory_rows, compile_rows, process_rows, results, eager = ([] for _ in range(8))
+    time_rows, fused_rows, direct_rows, dataflow_rows, memory_rows, compile_rows, process_rows, results, eager = (
+        [] for _ in range(9)
+    )
     profiles, profile_rounds = [], max(args.repeats, 20)  # profiled steps per model: as many as rounds, at least 20
     call_rows = function_call_cost(CONFIGS[0], device, args.repeats)
     mib = 1 / 2**20
@@ -421,6 +467,9 @@ def main() -> None:
                            t_floor * 1e3, timing["fused_over_floor"]])  # fmt: skip
         direct_rows.append([config.name, config.batch, t_custom * 1e3, timing["step_direct_s"] * 1e3, t_native * 1e3,
                             timing["custom_over_direct"], timing["direct_over_native"]])  # fmt: skip
+        dataflow_rows.append([config.name, config.batch, timing["dataflow_rounds_floor_s"] * 1e3,
+                              timing["dataflow_floor_s"] * 1e3, timing["dataflow_floor_over_floor"],
+                              timing["native_over_dataflow_floor"], timing["fused_over_dataflow_floor"]])  # fmt: skip
         sum_c, unique_c = saved_bytes(custom_step)
         sum_n, unique_n = saved_bytes(native_step)
         peak_c = peak_memory(config, "custom", device, args.threads)
@@ -453,6 +502,11 @@ def main() -> None:
                 "calls, checks or dispatcher), step time (ms), same rounds",
                 ["model", "batch", "custom", "direct", "native", "custom/direct", "direct/native"],
                 direct_rows)  # fmt: skip
+    print_table("the GEMM floor with the step's dataflow (each product feeds the next, every output kept to the "
+                "step's end), ms, in rounds of its own with the floor, fused and native: step / dataflow floor is "
+                "what the step adds beyond its products and their outputs",
+                ["model", "batch", "floor", "dataflow floor", "dataflow/floor", "native/dataflow", "fused/dataflow"],
+                dataflow_rows)  # fmt: skip
     if process_rows:
         print_table(f"the same ratios in {args.processes} fresh processes, each its own rounds: median (min–max)",
                     ["model", *SPREAD_KEYS], process_rows)  # fmt: skip

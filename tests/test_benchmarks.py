@@ -117,6 +117,43 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     assert bench_step.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
 
 
+def test_both_gemm_floors_run_the_same_products_and_the_dataflow_one_chains_them() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from benchmarks import bench_step
+
+    class RecordProducts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.products: list[tuple[tuple, tuple, int]] = []  # (operand shapes, operand pointers, output pointer)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.mm.default:
+                self.products.append((tuple(tuple(a.shape) for a in args), tuple(a.data_ptr() for a in args),
+                                      out.data_ptr()))  # fmt: skip
+            return out
+
+    config = bench_step.Config("tiny", 8, (16, 12), 3, 4, "relu")
+    cpu = torch.device("cpu")
+    runs = []
+    for make in (bench_step.floor_step, bench_step.dataflow_floor_step):
+        with RecordProducts() as record:
+            kept = make(config, cpu)()
+        runs.append((record.products, kept))
+    (floor, _), (dataflow, kept) = runs
+    # per layer x·Wᵀ, gᵀ·x, and g·W except for the first layer: 3 + 3 + 2
+    assert len(floor) == 8 and sorted(p[0] for p in floor) == sorted(p[0] for p in dataflow)
+    # forward: each product's output is the next one's input; backward: g·W is the next layer's g
+    forward, backward = dataflow[:3], dataflow[3:]
+    assert [p[1][0] for p in forward[1:]] == [p[2] for p in forward[:-1]]
+    g_of_layer = [p[2] for p in backward if p[0][0][0] == config.batch]  # the g·W products
+    g_used = [p[1][0] for p in backward if p[0][0][0] != config.batch]  # gᵀ of the products gᵀ·x
+    assert g_used[1:] == g_of_layer
+    # every output is kept to the step's end
+    assert {p[2] for p in dataflow} <= {t.data_ptr() for t in kept}
+
+
 def test_op_profile_puts_each_op_of_both_steps_side_by_side() -> None:
     from benchmarks import bench_step
 
