@@ -134,6 +134,7 @@ def test_both_gemm_floors_run_the_same_products_and_the_dataflow_one_chains_them
                                       out.data_ptr()))  # fmt: skip
             return out
 
+    # batch 4, and no layer 4 wide: a product's first operand with 4 rows is g·W's g
     config = bench_step.Config("tiny", 8, (16, 12), 3, 4, "relu")
     cpu = torch.device("cpu")
     runs = []
