@@ -58,6 +58,22 @@ def test_saves_for_jvp_only_inside_a_dual_level(info):
         assert spy.call_count == jvp_reads_saved
 
 
+@pytest.mark.parametrize("info", [pytest.param(info, id=info.name) for info in OP_DB])
+def test_jacfwd_equals_jacrev(info):
+    """torch.func.jacfwd runs each op's jvp inside its own dual level, where save_for_jvp
+    must have saved what the jvp reads: its Jacobian equals the one from backward."""
+    sample = next(iter(info.sample_inputs())).converted(torch.float64)
+    position = sample.differentiable()[0]
+
+    def op_of(t):
+        args = list(sample.args)
+        args[position] = t
+        return info.op(*args, **sample.kwargs)
+
+    x = sample.args[position]
+    torch.testing.assert_close(torch.func.jacfwd(op_of)(x), torch.func.jacrev(op_of)(x))
+
+
 @pytest.mark.parametrize("info, sample", CASES)
 def test_batched_grad(info, sample):
     T.check_batched_grad(info.op, sample)
