@@ -74,6 +74,34 @@ def test_jacfwd_equals_jacrev(info):
     torch.testing.assert_close(torch.func.jacfwd(op_of)(x), torch.func.jacrev(op_of)(x))
 
 
+@pytest.mark.parametrize("info", [pytest.param(info, id=info.name) for info in OP_DB])
+def test_tensor_leaked_from_an_exited_transform_passes_gradient_back_as_torch_does(info):
+    """A tensor kept from inside torch.func.grad outlives its transform as a dead wrapper.
+    torch's own ops treat it as the tensor it wraps, so a gradient reaches the leaf; our
+    dispatcher must unwrap it before the Function's C++ apply, which would not."""
+    sample = next(iter(info.sample_inputs())).converted(torch.float64)
+    position = sample.differentiable()[0]
+    leaf = sample.args[position].detach().requires_grad_()
+    leaked = []
+
+    def keep(t):
+        leaked.append(t)
+        return t.sum()
+
+    torch.func.grad(keep)(leaf * 1)  # a non-leaf, so that the leak is linked back to `leaf`
+    assert torch._C._functorch.is_functorch_wrapped_tensor(leaked[0])
+
+    def gradient(op, operand):
+        args = list(sample.args)
+        args[position] = operand
+        output = op(*args, **sample.kwargs)
+        (grad,) = torch.autograd.grad(output, leaf, torch.ones_like(output), allow_unused=True)
+        return grad
+
+    expected = gradient(info.op, leaf * 1)
+    assert expected is not None
+    torch.testing.assert_close(gradient(info.op, leaked[0]), expected)
+
 @pytest.mark.parametrize("info, sample", CASES)
 def test_batched_grad(info, sample):
     T.check_batched_grad(info.op, sample)
