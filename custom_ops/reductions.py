@@ -33,7 +33,9 @@ def check_dim(dim: int, ndim: int) -> int:
 
 def expand_reduced(g, shape, dims, keepdim):
     """Copy g back along the reduced dims: the adjoint of a sum is a broadcast."""
-    if not keepdim:
+    # expand aligns trailing dims, so g needs its unit dims back only where a reduced dim
+    # follows a kept one; leading dims (a full reduction, a batch sum) expand as they are
+    if not keepdim and dims and dims[-1] != len(dims) - 1:
         for d in dims:  # sorted, so each unit dim lands where its reduced dim was
             g = g.unsqueeze(d)
     # sizes as separate ints: torch parses a torch.Size argument ~1 µs slower (see unbroadcast)
@@ -52,6 +54,8 @@ class Sum(Op):
 
     @staticmethod
     def forward(x, dims, keepdim):
+        if len(dims) == x.dim() and not keepdim:  # every dim: torch parses no dim list
+            return torch.sum(x)
         return torch.sum(x, dim=dims, keepdim=keepdim)
 
     @staticmethod
@@ -80,6 +84,8 @@ class Mean(Op):
 
     @staticmethod
     def forward(x, dims, keepdim):
+        if len(dims) == x.dim() and not keepdim:  # every dim: torch parses no dim list
+            return torch.mean(x)
         return torch.mean(x, dim=dims, keepdim=keepdim)
 
     @staticmethod
