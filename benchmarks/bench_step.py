@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import multiprocessing
 import re
 import statistics
 import sys
@@ -54,12 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     CloneFunction,
+    check_processes,
     compare,
     header,
+    in_fresh_process,
     paired_ratio,
     parser,
     print_table,
     setup,
+    spread,
     synchronize,
     time_rounds,
     write_json,
@@ -302,22 +304,11 @@ def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[di
     return timing, (custom, native, x, y, custom_step, native_step)
 
 
-def _step_timings_in_child(config: Config, device: str, threads: int, repeats: int, queue) -> None:
+def step_timings_in_this_process(config: Config, device: str, threads: int, repeats: int) -> dict:
+    """step_timings' ratios and times, for `in_fresh_process` (custom / native spreads by
+    ±0.025 between processes here, more than between the rounds of one)."""
     torch.set_num_threads(threads)
-    queue.put(step_timings(config, torch.device(device), repeats)[0])
-
-
-def step_timings_in_fresh_process(config: Config, device: torch.device, threads: int, repeats: int) -> dict:
-    """step_timings in a new process. Between processes custom / native spreads more
-    than between the rounds of one (±0.025 here: where the allocator, the caches and the
-    models' memory happen to land), so --processes N reports the spread over N."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_step_timings_in_child, args=(config, str(device), threads, repeats, queue))
-    child.start()
-    timing = queue.get(timeout=1800)
-    child.join()
-    return timing
+    return step_timings(config, torch.device(device), repeats)[0]
 
 
 # the matrix products, told apart by their operands' shapes (mm: the first two inputs;
@@ -372,11 +363,6 @@ SPREAD_KEYS = ("custom_over_native", "native_over_native", "custom_over_floor", 
                "fused_over_dataflow_floor")  # fmt: skip
 
 
-def spread(values: list[float]) -> str:
-    """'median (min–max)' of per-process ratios."""
-    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
-
-
 def saved_bytes(step) -> tuple[int, int]:
     """Bytes autograd saves for backward in one step: summed per save, and per storage."""
     saved = []
@@ -392,7 +378,7 @@ def _resident_kib(field: str) -> int:
     return int(match.group(1))
 
 
-def _peak_in_child(config: Config, which: str, device: str, threads: int, queue) -> None:
+def peak_in_this_process(config: Config, which: str, device: str, threads: int) -> float:
     """Memory five steps add at their peak over what the process held before them
     (model, data, torch itself): on CUDA from torch.cuda's allocator statistics, on the
     CPU from the kernel's resident high-water mark (VmHWM), reset just before the steps."""
@@ -409,8 +395,7 @@ def _peak_in_child(config: Config, which: str, device: str, threads: int, queue)
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
     elif not Path("/proc/self/clear_refs").exists():  # not Linux: no resettable high-water mark
-        queue.put(float("nan"))
-        return
+        return float("nan")
     else:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
         before = _resident_kib("VmRSS") * 1024
@@ -418,21 +403,15 @@ def _peak_in_child(config: Config, which: str, device: str, threads: int, queue)
         step()
     synchronize(dev)
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _resident_kib("VmHWM") * 1024
-    queue.put(peak - before)
+    return peak - before
 
 
 def peak_memory(config: Config, which: str, device: torch.device, threads: int, children: int = 3) -> float:
     """Median over `children` fresh processes: on the CPU the resident peak depends on
     what malloc happens to keep, and moves by a few MiB from one process to the next.
     torch.cuda's allocator counts exactly, so on CUDA one process is enough."""
-    ctx = multiprocessing.get_context("spawn")
-    peaks = []
-    for _ in range(1 if device.type == "cuda" else children):
-        queue = ctx.Queue()
-        child = ctx.Process(target=_peak_in_child, args=(config, which, str(device), threads, queue))
-        child.start()
-        peaks.append(queue.get(timeout=600))
-        child.join()
+    peaks = [in_fresh_process(peak_in_this_process, config, which, str(device), threads, timeout=600)
+             for _ in range(1 if device.type == "cuda" else children)]  # fmt: skip
     return statistics.median(peaks)
 
 
@@ -445,8 +424,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=1,
                    help="also time the steps in N fresh processes and print the spread of their ratios")  # fmt: skip
     args = p.parse_args()
-    if args.processes < 1:
-        raise SystemExit(f"error: --processes must be at least 1, got {args.processes}")
+    check_processes(args.processes)
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])
@@ -481,8 +459,8 @@ def main() -> None:
                       saved_sum_native=sum_n, saved_unique_custom=unique_c, saved_unique_native=unique_n,
                       peak_custom=peak_c, peak_native=peak_n, peak_fused=peak_f)  # fmt: skip
         if args.processes > 1:
-            per_process = [step_timings_in_fresh_process(config, device, args.threads, args.repeats)
-                           for _ in range(args.processes)]  # fmt: skip
+            per_process = [in_fresh_process(step_timings_in_this_process, config, str(device), args.threads,
+                                            args.repeats) for _ in range(args.processes)]  # fmt: skip
             result["per_process"] = per_process
             process_rows.append([config.name, *(spread([run[key] for run in per_process]) for key in SPREAD_KEYS)])
         if args.profile:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -99,6 +100,34 @@ def compare(
     median of their per-round ratio a / b (`paired_ratio`)."""
     t_a, t_b = time_rounds([a, b], device, repeats)
     return statistics.median(t_a), statistics.median(t_b), paired_ratio(t_a, t_b)
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any, timeout: float = 1800) -> Any:
+    """fn(*args) run in a new (spawned) process, and its result (fn must be importable,
+    its arguments and result picklable). Where the allocator, the caches and the tensors'
+    memory land differs from one process to the next, so ratios and peaks spread more
+    between processes than between the rounds of one: --processes N reports that spread."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_put_result, args=(queue, fn, *args))
+    child.start()
+    result = queue.get(timeout=timeout)
+    child.join()
+    return result
+
+
+def _put_result(queue: Any, fn: Callable[..., Any], *args: Any) -> None:
+    queue.put(fn(*args))
+
+
+def spread(values: list[float]) -> str:
+    """'median (min–max)' of per-process ratios."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def check_processes(processes: int) -> None:
+    if processes < 1:
+        raise SystemExit(f"error: --processes must be at least 1, got {processes}")
 
 
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from helpers import REPO, assert_one_error_line
 def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) -> None:
     out = tmp_path / "ops.json"
     done = subprocess.run([sys.executable, "benchmarks/bench_ops.py", "--ops", "sum", "--repeats", "1", "--json",
-                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+                           str(out), "--processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     payload = json.loads(out.read_text())
     assert [(r["op"], r["size"]) for r in payload["results"]] == [("sum", "64x64"), ("sum", "256x1024")]
@@ -29,6 +30,11 @@ def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) 
     assert [r["variant"].split(":")[0] for r in payload["machinery_reference"]] == [
         "kernels alone (clone, then g passed back)", "torch's clone", "a custom Function around the same clone"]
     assert all(r["us"] > 0 for r in payload["machinery_reference"])
+    # --processes 2: the 64x64 ratio once more in each of two fresh processes
+    assert [sorted(run) for run in payload["small_fwd_bwd_ratio_per_process"]] == [["sum"], ["sum"]]
+    assert all(run["sum"] > 0 for run in payload["small_fwd_bwd_ratio_per_process"])
+    assert "64x64 forward + backward, custom / native, in 2 fresh processes" in done.stdout
+    assert re.search(r"^sum +\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\) +[012]/2 *$", done.stdout, re.M), done.stdout
 
 
 def test_bench_ops_times_elementwise_ops_at_256x1024_and_4096x4096() -> None:
@@ -89,7 +95,7 @@ def test_rounds_rotate_and_ratios_are_paired_per_round(monkeypatch: pytest.Monke
 
 
 def test_bench_step_parts_run_on_a_tiny_model() -> None:
-    from benchmarks import bench_step
+    from benchmarks import bench_step, common
 
     cpu = torch.device("cpu")
     config = bench_step.Config("tiny", 8, (16,), 3, 4, "relu")
@@ -112,9 +118,9 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     for p, q, p0 in zip(stepped.parameters(), direct.parameters(), initial.parameters(), strict=True):
         assert torch.equal(p, q) and not torch.equal(p, p0)
 
-    timing = bench_step.step_timings_in_fresh_process(config, cpu, threads=1, repeats=2)
+    timing = common.in_fresh_process(bench_step.step_timings_in_this_process, config, "cpu", 1, 2)
     assert set(bench_step.SPREAD_KEYS) <= set(timing) and all(value > 0 for value in timing.values())
-    assert bench_step.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
+    assert common.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
 
 
 def test_both_gemm_floors_run_the_same_products_and_the_dataflow_one_chains_them() -> None:
@@ -178,8 +184,9 @@ def test_op_profile_puts_each_op_of_both_steps_side_by_side() -> None:
     assert len(short) == 4 and short[2][0].startswith("the other ") and short[3][0] == "total (self times)"
 
 
-def test_bench_step_refuses_fewer_than_one_process() -> None:
-    done = subprocess.run([sys.executable, "benchmarks/bench_step.py", "--processes", "0"], cwd=REPO,
+@pytest.mark.parametrize("script", ["bench_step.py", "bench_ops.py"])
+def test_benchmarks_refuse_fewer_than_one_process(script: str) -> None:
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--processes", "0"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 1 and done.stdout == ""
     assert_one_error_line(done.stderr, r"^error: --processes must be at least 1, got 0$")
