@@ -125,6 +125,7 @@ def reduction_samples():
     yield Sample((make(3, 4),))
     yield Sample((make(3, 4), 1))
     yield Sample((make(2, 3, 4), (0, 2), True))
+    yield Sample((make(2, 3, 4), (0, 1)))  # leading dims: g expands without unit dims
     yield Sample((make(2, 3, 4), -1))
     yield Sample((make(),))
     yield Sample((make(0, 3), 1))
