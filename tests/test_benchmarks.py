@@ -18,7 +18,8 @@ from helpers import REPO, assert_one_error_line
 def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) -> None:
     out = tmp_path / "ops.json"
     done = subprocess.run([sys.executable, "benchmarks/bench_ops.py", "--ops", "sum", "--repeats", "1", "--json",
-                           str(out), "--processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+                           str(out), "--processes", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     payload = json.loads(out.read_text())
     assert [(r["op"], r["size"]) for r in payload["results"]] == [("sum", "64x64"), ("sum", "256x1024")]
