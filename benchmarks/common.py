@@ -68,15 +68,27 @@ def time_per_call(fn: Callable[[], object], device: torch.device, min_seconds: f
         n *= 2
 
 
+def round_orders(n: int) -> list[list[int]]:
+    """Orders of n variants, one per round, cycled: a Williams Latin square. Over a cycle
+    each variant runs in each position, and right after each other variant, equally
+    often (n rounds for even n; for odd n each order is also run reversed: 2n). A round
+    leaves the caches and the heap as its last variant left them, so a variant that
+    always followed the same one (as in plain rotation) would carry that one's wake."""
+    first = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]  # 0, 1, n−1, 2, n−2, …
+    orders = [[(v + shift) % n for v in first] for shift in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
 def time_rounds(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[list[float]]:
     """Seconds per call of each fn in each of `repeats` rounds. A round times every fn
     once (the same number of calls each: as many as the fastest fn needs to fill 20 ms,
-    so time fns of like cost together), starting at a different fn each round, so no fn
+    so time fns of like cost together), in `round_orders`' order for that round, so no fn
     always runs first or always follows the same one."""
     n = max(time_per_call(fn, device)[0] for fn in fns)
     times: list[list[float]] = [[] for _ in fns]
+    orders = round_orders(len(fns))
     for round_ in range(repeats):
-        for i in (j % len(fns) for j in range(round_, round_ + len(fns))):
+        for i in orders[round_ % len(orders)]:
             synchronize(device)
             t0 = time.perf_counter()
             for _ in range(n):

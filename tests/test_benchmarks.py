@@ -3,6 +3,7 @@ are never asserted)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -77,16 +78,26 @@ def test_the_kernels_only_run_computes_the_ops_gradient() -> None:
             torch.testing.assert_close(ours, theirs, msg=info.name)
 
 
-def test_rounds_rotate_and_ratios_are_paired_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rounds_are_balanced_for_position_and_predecessor_and_ratios_are_paired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from benchmarks import common
 
     monkeypatch.setattr(common, "time_per_call", lambda fn, device: (2, 0.0))  # 2 calls a round, no warm-up
     calls: list[str] = []
     fns = [lambda name=name: calls.append(name) for name in "abc"]
-    times = common.time_rounds(fns, torch.device("cpu"), repeats=3)
-    assert [len(t) for t in times] == [3, 3, 3]
+    times = common.time_rounds(fns, torch.device("cpu"), repeats=7)
+    assert [len(t) for t in times] == [7] * 3
     rounds = ["".join(calls[i : i + 6]) for i in range(0, len(calls), 6)]
-    assert rounds == ["aabbcc", "bbccaa", "ccaabb"]  # each round starts at the next fn
+    # three rotations, then the same reversed; the seventh round starts the cycle again
+    assert rounds == ["aabbcc", "bbccaa", "ccaabb", "ccbbaa", "aaccbb", "bbaacc", "aabbcc"]
+    for n in range(1, 9):  # over one cycle: every position, and every predecessor, equally often
+        orders = common.round_orders(n)
+        assert all(sorted(order) == list(range(n)) for order in orders)
+        positions = collections.Counter((v, i) for order in orders for i, v in enumerate(order))
+        predecessors = collections.Counter(pair for order in orders for pair in zip(order, order[1:]))
+        assert len(positions) == n * n and len(set(positions.values())) == 1
+        assert len(predecessors) == n * (n - 1) and len(set(predecessors.values())) <= 1
 
     # the median of the per-round ratios (1, 4, 2.25), not the ratio of medians (4 / 1)
     a, b = [1.0, 4.0, 9.0], [1.0, 1.0, 4.0]
