@@ -6,6 +6,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import queue
 import statistics
 import time
 from pathlib import Path
@@ -120,16 +121,29 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any, timeout: float = 1800) 
     memory land differs from one process to the next, so ratios and peaks spread more
     between processes than between the rounds of one: --processes N reports that spread."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_put_result, args=(queue, fn, *args))
+    results = ctx.Queue()
+    child = ctx.Process(target=_put_result, args=(results, fn, *args))
     child.start()
-    result = queue.get(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:  # a child that dies (its traceback on stderr) must not leave us waiting until the deadline
+        try:
+            result = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not child.is_alive():
+                if not results.empty():  # its result came in just before it exited
+                    continue
+                raise RuntimeError(f"{fn.__name__} exited with code {child.exitcode} in a fresh process, "
+                                   "without a result") from None  # fmt: skip
+            if time.monotonic() > deadline:
+                child.kill()
+                raise TimeoutError(f"{fn.__name__} ran over {timeout:.0f} s in a fresh process") from None
     child.join()
     return result
 
 
-def _put_result(queue: Any, fn: Callable[..., Any], *args: Any) -> None:
-    queue.put(fn(*args))
+def _put_result(results: Any, fn: Callable[..., Any], *args: Any) -> None:
+    results.put(fn(*args))
 
 
 def spread(values: list[float]) -> str:

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,16 @@ def test_bench_step_parts_run_on_a_tiny_model() -> None:
     timing = common.in_fresh_process(bench_step.step_timings_in_this_process, config, "cpu", 1, 2)
     assert set(bench_step.SPREAD_KEYS) <= set(timing) and all(value > 0 for value in timing.values())
     assert common.spread([1.02, 0.99, 1.05]) == "1.020 (0.990–1.050)"
+
+
+def test_a_fresh_process_that_dies_is_reported_at_once() -> None:
+    from benchmarks import common
+
+    assert common.in_fresh_process(math.hypot, 3.0, 4.0) == 5.0
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^exit exited with code 3 in a fresh process, without a result$"):
+        common.in_fresh_process(sys.exit, 3)
+    assert time.monotonic() - started < 120  # not the 30 min the result could otherwise be waited for
 
 
 def test_both_gemm_floors_run_the_same_products_and_the_dataflow_one_chains_them() -> None:
