@@ -12,11 +12,11 @@ costs, and step / dataflow floor what the step adds beyond them. A second native
 timed in the same rounds as the first, gives native / native: how far apart two
 identical steps measure on this machine. And the custom model with SGD fused into
 backward (`MLP.fuse_sgd`: each weight's update is one `addmm_` into W, no .grad, no
-optimizer pass). And where the custom step's extra time
-goes: the same model stepped with the same Functions applied directly (their C++
-`apply`: no nn.Module call, no public function's checks, no `Op.call` dispatcher), so
-custom / direct is what that Python around the ops costs and direct / native what the
-ops themselves (their Function machinery, forward and backward) cost.
+optimizer pass). And where the custom step's extra time goes: the same model stepped
+with the same Functions applied directly (their C++ `apply`: no nn.Module call, no
+public function's checks, no `Op.call` dispatcher), so custom / direct is what that
+Python around the ops costs and direct / native what the ops themselves (their Function
+machinery, forward and backward) cost.
 
 Memory: bytes saved for backward per step (summed per save, and each storage once), and
 the peak memory five steps add over what the process held before them, in a fresh child
@@ -285,7 +285,7 @@ def step_timings(config: Config, device: torch.device, repeats: int) -> tuple[di
     )
     # the dataflow floor in rounds of its own, so that the rounds above run as they ran
     # before it: in them, custom / native read 1.017–1.038 in three processes against
-    # 1.004–1.023 in three without it (1 thread, alternating)
+    # 1.004–1.023 in three without it (1 thread, alternating; rounds then rotated)
     d_floor, d_dataflow, d_fused, d_native = time_rounds(
         [floor_step(config, device), dataflow_floor_step(config, device), fused_step, native_step], device, repeats
     )

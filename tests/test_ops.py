@@ -62,16 +62,9 @@ def test_saves_for_jvp_only_inside_a_dual_level(info):
 def test_jacfwd_equals_jacrev(info):
     """torch.func.jacfwd runs each op's jvp inside its own dual level, where save_for_jvp
     must have saved what the jvp reads: its Jacobian equals the one from backward."""
-    sample = next(iter(info.sample_inputs())).converted(torch.float64)
-    position = sample.differentiable()[0]
-
-    def op_of(t):
-        args = list(sample.args)
-        args[position] = t
-        return info.op(*args, **sample.kwargs)
-
-    x = sample.args[position]
-    torch.testing.assert_close(torch.func.jacfwd(op_of)(x), torch.func.jacrev(op_of)(x))
+    op_of, inputs = next(iter(info.sample_inputs())).converted(torch.float64).bind(info.op)
+    # the Jacobian for the first differentiable input (argnums=0), the others held as they are
+    torch.testing.assert_close(torch.func.jacfwd(op_of)(*inputs), torch.func.jacrev(op_of)(*inputs))
 
 
 @pytest.mark.parametrize("info", [pytest.param(info, id=info.name) for info in OP_DB])
@@ -79,9 +72,8 @@ def test_tensor_leaked_from_an_exited_transform_passes_gradient_back_as_torch_do
     """A tensor kept from inside torch.func.grad outlives its transform as a dead wrapper.
     torch's own ops treat it as the tensor it wraps, so a gradient reaches the leaf; our
     dispatcher must unwrap it before the Function's C++ apply, which would not."""
-    sample = next(iter(info.sample_inputs())).converted(torch.float64)
-    position = sample.differentiable()[0]
-    leaf = sample.args[position].detach().requires_grad_()
+    op_of, (first, *others) = next(iter(info.sample_inputs())).converted(torch.float64).bind(info.op)
+    leaf = first.detach().requires_grad_()
     leaked = []
 
     def keep(t):
@@ -91,16 +83,14 @@ def test_tensor_leaked_from_an_exited_transform_passes_gradient_back_as_torch_do
     torch.func.grad(keep)(leaf * 1)  # a non-leaf, so that the leak is linked back to `leaf`
     assert torch._C._functorch.is_functorch_wrapped_tensor(leaked[0])
 
-    def gradient(op, operand):
-        args = list(sample.args)
-        args[position] = operand
-        output = op(*args, **sample.kwargs)
+    def gradient(operand):
+        output = op_of(operand, *others)
         (grad,) = torch.autograd.grad(output, leaf, torch.ones_like(output), allow_unused=True)
         return grad
 
-    expected = gradient(info.op, leaf * 1)
+    expected = gradient(leaf * 1)
     assert expected is not None
-    torch.testing.assert_close(gradient(info.op, leaked[0]), expected)
+    torch.testing.assert_close(gradient(leaked[0]), expected)
 
 @pytest.mark.parametrize("info, sample", CASES)
 def test_batched_grad(info, sample):
