@@ -106,15 +106,12 @@ class KernelsOnlyContext:
         self.saved_for_forward = tensors
 
 
-def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]:
-    """Where the op's 64×64 forward + backward time goes, four ways in the same rounds:
-    torch's twin; our forward, setup_context and backward called as plain Python
+def breakdown_variants(info, device: torch.device) -> list:
+    """The op's 64×64 forward + backward four ways, as calls of no arguments: torch's
+    twin; our forward, setup_context and backward called as plain Python
     (KernelsOnlyContext); our Function through its C++ apply (what custom_ops calls:
     adds PyTorch's custom-Function machinery); and the public custom_ops function (adds
-    our checks and dispatcher). Returns [op, the four µs, Function/torch (the least any
-    wrapper around these kernels could cost), custom/torch, machinery µs (Function −
-    kernels alone: PyTorch's, including the engine run that torch's twin pays too),
-    wrapper µs (custom_ops − Function: ours)], medians over rounds."""
+    our checks and dispatcher)."""
     args, kwargs = inputs(info.name, 64, 64, device)
     leaves = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
     applied = []
@@ -138,8 +135,16 @@ def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]
 
     torch_twin = forward_and_backward(info.reference, leaves, kwargs)[1]
     public = forward_and_backward(info.op, leaves, kwargs)[1]
-    t_torch, t_kernels, t_function, t_public = time_rounds([torch_twin, kernels_only, function_only, public], device,
-                                                           repeats)  # fmt: skip
+    return [torch_twin, kernels_only, function_only, public]
+
+
+def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]:
+    """Where the op's 64×64 forward + backward time goes, the four `breakdown_variants`
+    in the same rounds. Returns [op, the four µs, Function/torch (the least any wrapper
+    around these kernels could cost), custom/torch, machinery µs (Function − kernels
+    alone: PyTorch's, including the engine run that torch's twin pays too), wrapper µs
+    (custom_ops − Function: ours)], medians over rounds."""
+    t_torch, t_kernels, t_function, t_public = time_rounds(breakdown_variants(info, device), device, repeats)
     per_round = list(zip(t_torch, t_kernels, t_function, t_public, strict=True))
     machinery = statistics.median(f - k for _, k, f, _ in per_round)
     wrapper = statistics.median(p - f for _, _, f, p in per_round)
@@ -148,11 +153,12 @@ def overhead_breakdown(info, device: torch.device, repeats: int) -> list[object]
             wrapper * 1e6]  # fmt: skip
 
 
-def machinery_reference(device: torch.device, repeats: int) -> list[list[object]]:
-    """The same three ways for a 64×64 clone, whose kernels torch's own node runs too
-    (clone forward, the gradient passed through backward): here the machinery of a
-    native op and of a custom Function can be told apart, each the time through
-    autograd less the kernels alone."""
+def machinery_variants(device: torch.device) -> list:
+    """A 64×64 clone forward + backward three ways, as calls of no arguments: its kernels
+    alone (clone forward, the gradient passed back), through torch's own native node,
+    and through a custom Function around the same clone. Torch's node runs the same
+    kernels, so here the machinery of a native op and of a custom Function can be told
+    apart, each the time through autograd less the kernels alone."""
     x = torch.randn(64, 64, device=device, requires_grad=True)
     grad_out = torch.ones(64, 64, device=device)
     apply = super(torch.autograd.Function, CloneFunction).apply
@@ -163,14 +169,22 @@ def machinery_reference(device: torch.device, repeats: int) -> list[list[object]
         CloneFunction.backward(None, grad_out)
         torch._C._set_grad_enabled(True)
 
-    t_kernels, t_native, t_function = time_rounds(
-        [kernels_only, lambda: torch.autograd.grad(x.clone(), [x], grad_out),
-         lambda: torch.autograd.grad(apply(x), [x], grad_out)], device, repeats)  # fmt: skip
+    return [kernels_only, lambda: torch.autograd.grad(x.clone(), [x], grad_out),
+            lambda: torch.autograd.grad(apply(x), [x], grad_out)]  # fmt: skip
+
+
+MACHINERY_VARIANTS = ["kernels alone (clone, then g passed back)", "torch's clone: a native node",
+                      "a custom Function around the same clone"]  # fmt: skip
+
+
+def machinery_reference(device: torch.device, repeats: int) -> list[list[object]]:
+    """`machinery_variants` in the same rounds: µs, and µs less the kernels alone."""
+    t_kernels, t_native, t_function = time_rounds(machinery_variants(device), device, repeats)
     kernels = statistics.median(t_kernels) * 1e6
-    return [["kernels alone (clone, then g passed back)", kernels, 0.0],
-            ["torch's clone: a native node", statistics.median(t_native) * 1e6,
+    return [[MACHINERY_VARIANTS[0], kernels, 0.0],
+            [MACHINERY_VARIANTS[1], statistics.median(t_native) * 1e6,
              statistics.median(n - k for n, k in zip(t_native, t_kernels)) * 1e6],
-            ["a custom Function around the same clone", statistics.median(t_function) * 1e6,
+            [MACHINERY_VARIANTS[2], statistics.median(t_function) * 1e6,
              statistics.median(f - k for f, k in zip(t_function, t_kernels)) * 1e6]]  # fmt: skip
 
 
