@@ -7,6 +7,7 @@ import collections
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, assert_one_error_line
+from helpers import REPO, assert_one_error_line, subprocess_env
 
 
 def test_bench_ops_writes_every_size_and_the_overhead_breakdown(tmp_path: Path) -> None:
@@ -251,3 +252,74 @@ def test_ours_process_time_is_a_plain_train_py_read_back_from_its_events() -> No
         ours_process_seconds(target=1.01, threads=1, device="cpu", epochs=1)
     with pytest.raises(subprocess.CalledProcessError):  # train.py's own exit status is checked
         ours_process_seconds(target=0.0, threads=1, device="no-such-device", epochs=1)
+
+
+def test_instructions_per_call_cancel_what_a_stretch_costs_once(tmp_path: Path) -> None:
+    """Per call = (I(2n) − I(n)) / n over two stretches, read from callgrind's numbered
+    dumps in mark order; a dump too many or too few is an error, not a wrong table."""
+    from benchmarks.bench_instructions import per_call, read_dumps
+
+    once, each = 777, 50  # a stretch's fixed cost (loop, marks), and one call's
+    labels = [None, ["relu", "torch", 20], ["relu", "torch", 40], None, ["relu", "custom_ops", 20],
+              ["relu", "custom_ops", 40]]  # fmt: skip
+    counts = [10**9, once + 20 * each, once + 40 * each, 5, once + 20 * 60, once + 40 * 60]
+    for i, count in enumerate(counts, start=1):
+        (tmp_path / f"cg.out.{i}").write_text(f"# callgrind format\nevents: Ir\nsummary: {count}\ntotals: {count}\n")
+    assert read_dumps(tmp_path, "cg.out", len(labels)) == counts
+    assert per_call(labels, counts) == {("relu", "torch"): each, ("relu", "custom_ops"): 60}
+    with pytest.raises(SystemExit, match="wrote 6 dumps for 7 marks"):
+        read_dumps(tmp_path, "cg.out", 7)
+    with pytest.raises(SystemExit, match="more dumps than the 5 marks"):
+        read_dumps(tmp_path, "cg.out", 5)
+
+
+def test_the_counted_child_closes_each_stretch_with_a_mark(tmp_path: Path) -> None:
+    """Run without valgrind, the child still runs every way of the op and writes one
+    label per mark: a warm-up, then calls and twice as many calls, for each way."""
+    from benchmarks.bench_instructions import CLONE, VARIANTS
+    from benchmarks.bench_ops import MACHINERY_VARIANTS
+
+    labels = tmp_path / "labels.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_instructions.py", "--ops", "relu", "--calls", "2",
+                           "--labels", str(labels)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ways = [("relu", way) for way in VARIANTS] + [(CLONE, way) for way in MACHINERY_VARIANTS]
+    assert json.loads(labels.read_text()) == [label for name, way in ways
+                                              for label in (None, [name, way, 2], [name, way, 4])]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, path, pattern",
+    [(["--ops", "relu,nope"], None, r"^error: no op named nope in the op database: choose from add, "),
+     (["--calls", "0"], None, r"^error: --calls must be at least 1, got 0$"),
+     ([], "", r"^error: valgrind is not on PATH: install it")],
+)  # fmt: skip
+def test_bench_instructions_refuses_bad_input_in_one_line(args: list[str], path: str | None, pattern: str) -> None:
+    env = None if path is None else {**subprocess_env(), "PATH": path}
+    done = subprocess.run([sys.executable, "benchmarks/bench_instructions.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert_one_error_line(done.stderr, pattern)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_instructions_counts_every_way_under_callgrind(tmp_path: Path) -> None:
+    """The whole run under valgrind (about 90 s, most of it `import torch`): every way
+    of the op counted, and the table's ratios and differences from those counts."""
+    from benchmarks.bench_ops import MACHINERY_VARIANTS
+
+    out = tmp_path / "instructions.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_instructions.py", "--ops", "relu", "--calls", "3",
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["instructions_per_call"]
+    assert row["op"] == "relu"
+    # a 64×64 relu forward + backward through autograd runs tens of thousands of instructions
+    assert all(10_000 < row[key] < 10_000_000 for key in ("torch", "kernels_only", "function", "custom_ops"))
+    assert row["kernels_only"] < row["function"]  # the machinery adds a node, a graph task and an engine run
+    assert math.isclose(row["custom_over_torch"], row["custom_ops"] / row["torch"])
+    assert math.isclose(row["wrapper"], row["custom_ops"] - row["function"])
+    clone = json.loads(out.read_text())["machinery_reference"]
+    assert [r["variant"] for r in clone] == MACHINERY_VARIANTS
+    assert clone[0]["machinery"] == 0 and clone[1]["machinery"] > 0 and clone[2]["machinery"] > 0
+    assert re.search(r"^relu +\d+ +\d+ +\d+ +\d+ +\d\.\d+ +\d\.\d+ +\d+ +-?\d+ *$", done.stdout, re.M), done.stdout
