@@ -126,7 +126,7 @@ def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autog
     def call(*args: Any) -> Any:
         if casts and _any_autocast_enabled():
             args = autocast_inputs(autocast, args)
-        if torch.compiler.is_compiling():
+        if _dynamo_traces():
             return compiled.apply(*args)
         if _transforms_active():
             output = eager.apply(*args)
@@ -143,6 +143,10 @@ def _dispatcher(eager: type[torch.autograd.Function], compiled: type[torch.autog
 
 
 _any_autocast_enabled = torch._C._is_any_autocast_enabled
+# True only while torch.compile's Dynamo traces the caller (it folds the call to a
+# constant), False otherwise: one Python call, where torch.compiler.is_compiling()
+# makes two and reads a flag that is also set outside Dynamo's tracing
+_dynamo_traces = torch.compiler.is_dynamo_compiling
 _transforms_active = torch._C._are_functorch_transforms_active
 _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
