@@ -139,12 +139,13 @@ def count_under_callgrind(args: argparse.Namespace, names: list[str], hash_seed:
     with tempfile.TemporaryDirectory() as tmp:
         folder, stem = Path(tmp), "callgrind.out"
         command = [valgrind, "--tool=callgrind", f"--dump-before={MARK}", "--dump-instr=no", "--dump-line=no",
-                   f"--callgrind-out-file={folder / stem}", sys.executable, str(Path(__file__).resolve()),
+                   f"--callgrind-out-file={folder / stem}", f"--log-file={folder / 'valgrind.log'}",
+                   sys.executable, str(Path(__file__).resolve()),
                    "--ops", ",".join(names), "--calls", str(args.calls), "--threads", str(args.threads),
                    "--labels", str(folder / "labels.json")]  # fmt: skip
         env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
+        if done.returncode != 0:  # valgrind's own lines went to its log: stderr is the child's
             last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
             raise SystemExit(f"error: the counting run under valgrind exited with code {done.returncode}: {last}")
         labels = json.loads((folder / "labels.json").read_text())
@@ -158,7 +159,7 @@ def valgrind_version() -> str:
 def main() -> None:
     args = parse_args()
     names = chosen_ops(args.ops)
-    for flag, value in (("--calls", args.calls), ("--seeds", args.seeds)):
+    for flag, value in (("--calls", args.calls), ("--seeds", args.seeds), ("--threads", args.threads)):
         if value < 1:
             raise SystemExit(f"error: {flag} must be at least 1, got {value}")
     if args.labels is not None:
