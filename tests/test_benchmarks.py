@@ -304,7 +304,7 @@ def test_bench_instructions_refuses_bad_input_in_one_line(args: list[str], path:
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_bench_instructions_counts_every_way_under_callgrind(tmp_path: Path) -> None:
-    """The whole run under valgrind (about 90 s, most of it `import torch`): every way
+    """The whole run under valgrind (about 70 s, most of it `import torch`): every way
     of the op counted, and the table's ratios and differences from those counts."""
     from benchmarks.bench_ops import MACHINERY_VARIANTS
 
