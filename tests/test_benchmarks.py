@@ -292,6 +292,8 @@ def test_the_counted_child_closes_each_stretch_with_a_mark(tmp_path: Path) -> No
     "args, path, pattern",
     [(["--ops", "relu,nope"], None, r"^error: no op named nope in the op database: choose from add, "),
      (["--calls", "0"], None, r"^error: --calls must be at least 1, got 0$"),
+     (["--seeds", "0"], None, r"^error: --seeds must be at least 1, got 0$"),
+     (["--threads", "0"], None, r"^error: --threads must be at least 1, got 0$"),
      ([], "", r"^error: valgrind is not on PATH: install it")],
 )  # fmt: skip
 def test_bench_instructions_refuses_bad_input_in_one_line(args: list[str], path: str | None, pattern: str) -> None:
