@@ -48,8 +48,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_ops import MACHINERY_VARIANTS, breakdown_variants, machinery_variants  # noqa: E402
-from benchmarks.common import print_table, write_json  # noqa: E402
+from benchmarks.bench_ops import MACHINERY_VARIANTS, breakdown_variants, chosen_ops, machinery_variants  # noqa: E402
+from benchmarks.common import check_at_least_one, print_table, write_json  # noqa: E402
 from custom_ops.registry import OP_DB  # noqa: E402
 
 MARK = "getppid"  # a libc call that neither Python nor torch makes on their own
@@ -68,15 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the counts as JSON to this path")
     p.add_argument("--labels", type=Path, default=None, help=argparse.SUPPRESS)  # set for the counted child
     return p.parse_args(argv)
-
-
-def chosen_ops(ops: str) -> list[str]:
-    names = [info.name for info in OP_DB]
-    wanted = [name for name in ops.split(",") if name]
-    unknown = [name for name in wanted if name not in names]
-    if unknown:
-        raise SystemExit(f"error: no op named {', '.join(unknown)} in the op database: choose from {', '.join(names)}")
-    return [name for name in names if not wanted or name in wanted]
 
 
 def run_marked_stretches(names: list[str], calls: int, threads: int, labels_path: Path) -> None:
@@ -160,8 +151,7 @@ def main() -> None:
     args = parse_args()
     names = chosen_ops(args.ops)
     for flag, value in (("--calls", args.calls), ("--seeds", args.seeds), ("--threads", args.threads)):
-        if value < 1:
-            raise SystemExit(f"error: {flag} must be at least 1, got {value}")
+        check_at_least_one(flag, value)
     if args.labels is not None:
         run_marked_stretches(names, args.calls, args.threads, args.labels)
         return

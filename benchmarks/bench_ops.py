@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     CloneFunction,
-    check_processes,
+    check_at_least_one,
     compare,
     header,
     in_fresh_process,
@@ -40,6 +40,17 @@ from custom_ops.registry import OP_DB  # noqa: E402
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "square", "pow", "sin", "cos", "exp", "log", "tanh",
                "sigmoid", "relu", "mse_loss", "binary_cross_entropy_with_logits"}  # fmt: skip
+
+
+def chosen_ops(ops: str) -> list[str]:
+    """The op names --ops lists (comma-separated; empty: every op), in the op database's
+    order; an unknown name exits with one line."""
+    names = [info.name for info in OP_DB]
+    wanted = [name for name in ops.split(",") if name]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise SystemExit(f"error: no op named {', '.join(unknown)} in the op database: choose from {', '.join(names)}")
+    return [name for name in names if not wanted or name in wanted]
 
 
 def sizes(name: str) -> list[tuple[int, int]]:
@@ -216,13 +227,13 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=1,
                    help="also time each op's 64x64 forward + backward in N fresh processes and print the spread")
     args = p.parse_args()
-    check_processes(args.processes)
-    wanted = set(filter(None, args.ops.split(",")))
+    check_at_least_one("--processes", args.processes)
+    names = chosen_ops(args.ops)
     device = setup(args)
     print(header(args, device))
     rows, results = [], []
     for info in OP_DB:
-        if wanted and info.name not in wanted:
+        if info.name not in names:
             continue
         for size in sizes(info.name):
             a, kw = inputs(info.name, *size, device)
@@ -239,13 +250,12 @@ def main() -> None:
     columns = ["op", "size", "fwd custom µs", "fwd torch µs", "fwd ratio", "fwd+bwd custom µs", "fwd+bwd torch µs",
                "fwd+bwd ratio"]  # fmt: skip
     print_table("custom / native, float32", columns, rows)
-    breakdown = [overhead_breakdown(info, device, args.repeats) for info in OP_DB if not wanted or info.name in wanted]
+    breakdown = [overhead_breakdown(info, device, args.repeats) for info in OP_DB if info.name in names]
     print_table("where each op's 64x64 forward + backward time goes (same rounds; machinery = Function - kernels "
                 "alone, wrapper = custom_ops - Function)", BREAKDOWN_COLUMNS, breakdown)  # fmt: skip
     reference = machinery_reference(device, args.repeats)
     print_table("the machinery itself: a 64x64 clone forward + backward, as torch's node and as a custom Function",
                 ["variant", "µs", "machinery µs (less kernels alone)"], reference)  # fmt: skip
-    names = [info.name for info in OP_DB if not wanted or info.name in wanted]
     per_process = [in_fresh_process(small_ratios_in_this_process, names, str(device), args.threads, args.repeats)
                    for _ in range(args.processes if args.processes > 1 else 0)]  # fmt: skip
     if per_process:

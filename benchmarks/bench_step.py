@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     CloneFunction,
-    check_processes,
+    check_at_least_one,
     compare,
     header,
     in_fresh_process,
@@ -424,7 +424,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=1,
                    help="also time the steps in N fresh processes and print the spread of their ratios")  # fmt: skip
     args = p.parse_args()
-    check_processes(args.processes)
+    check_at_least_one("--processes", args.processes)
     device = setup(args)
     print(header(args, device))
     configs = CONFIGS + ([] if args.no_digits else [digits_default()])

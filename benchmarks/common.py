@@ -151,9 +151,10 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def check_processes(processes: int) -> None:
-    if processes < 1:
-        raise SystemExit(f"error: --processes must be at least 1, got {processes}")
+def check_at_least_one(flag: str, value: int) -> None:
+    """A count flag (--processes, --calls, ...) below 1: one line, exit 1."""
+    if value < 1:
+        raise SystemExit(f"error: {flag} must be at least 1, got {value}")
 
 
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:

@@ -92,6 +92,7 @@ def test_tensor_leaked_from_an_exited_transform_passes_gradient_back_as_torch_do
     assert expected is not None
     torch.testing.assert_close(gradient(leaked[0]), expected)
 
+
 @pytest.mark.parametrize("info, sample", CASES)
 def test_batched_grad(info, sample):
     T.check_batched_grad(info.op, sample)
