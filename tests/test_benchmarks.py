@@ -208,21 +208,24 @@ def test_op_profile_puts_each_op_of_both_steps_side_by_side() -> None:
     assert len(short) == 4 and short[2][0].startswith("the other ") and short[3][0] == "total (self times)"
 
 
-@pytest.mark.parametrize("script", ["bench_step.py", "bench_ops.py"])
-def test_benchmarks_refuse_fewer_than_one_process(script: str) -> None:
-    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--processes", "0"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+@pytest.mark.parametrize(
+    "script, args, path, pattern",
+    [("bench_step.py", ["--processes", "0"], None, r"^error: --processes must be at least 1, got 0$"),
+     ("bench_ops.py", ["--processes", "0"], None, r"^error: --processes must be at least 1, got 0$"),
+     # bench_ops once skipped unknown names silently and printed empty tables, with exit 0
+     ("bench_ops.py", ["--ops", "relu,nope"], None, r"^error: no op named nope in the op database: choose from add, "),
+     ("bench_instructions.py", ["--ops", "relu,nope"], None, r"^error: no op named nope in the op database: "),
+     ("bench_instructions.py", ["--calls", "0"], None, r"^error: --calls must be at least 1, got 0$"),
+     ("bench_instructions.py", ["--seeds", "0"], None, r"^error: --seeds must be at least 1, got 0$"),
+     ("bench_instructions.py", ["--threads", "0"], None, r"^error: --threads must be at least 1, got 0$"),
+     ("bench_instructions.py", [], "", r"^error: valgrind is not on PATH: install it")],
+)  # fmt: skip
+def test_benchmarks_refuse_bad_input_in_one_line(script: str, args: list[str], path: str | None, pattern: str) -> None:
+    env = None if path is None else {**subprocess_env(), "PATH": path}
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
     assert done.returncode == 1 and done.stdout == ""
-    assert_one_error_line(done.stderr, r"^error: --processes must be at least 1, got 0$")
-
-
-@pytest.mark.parametrize("script", ["bench_ops.py", "bench_instructions.py"])
-def test_benchmarks_refuse_an_op_not_in_the_database(script: str) -> None:
-    # bench_ops once skipped unknown names silently and printed empty tables, with exit 0
-    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--ops", "relu,nope"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 1 and done.stdout == ""
-    assert_one_error_line(done.stderr, r"^error: no op named nope in the op database: choose from add, ")
+    assert_one_error_line(done.stderr, pattern)
 
 
 @pytest.mark.parametrize(
@@ -295,21 +298,6 @@ def test_the_counted_child_closes_each_stretch_with_a_mark(tmp_path: Path) -> No
     ways = [("relu", way) for way in VARIANTS] + [(CLONE, way) for way in MACHINERY_VARIANTS]
     assert json.loads(labels.read_text()) == [label for name, way in ways
                                               for label in (None, [name, way, 2], [name, way, 4])]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "args, path, pattern",
-    [(["--calls", "0"], None, r"^error: --calls must be at least 1, got 0$"),
-     (["--seeds", "0"], None, r"^error: --seeds must be at least 1, got 0$"),
-     (["--threads", "0"], None, r"^error: --threads must be at least 1, got 0$"),
-     ([], "", r"^error: valgrind is not on PATH: install it")],
-)  # fmt: skip
-def test_bench_instructions_refuses_bad_input_in_one_line(args: list[str], path: str | None, pattern: str) -> None:
-    env = None if path is None else {**subprocess_env(), "PATH": path}
-    done = subprocess.run([sys.executable, "benchmarks/bench_instructions.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 1 and done.stdout == ""
-    assert_one_error_line(done.stderr, pattern)
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
